@@ -1,0 +1,3 @@
+from pwlint.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""The ``pwlint`` command.
+
+    pwlint [check] PATH...     lint model files and folders
+    pwlint rule CODE           show a rule's documentation
+    pwlint rules               list the rules
+    pwlint plugins             list the loaded plugins and what they provide
+
+Exit codes: 0 no finding at or above ``fail-on``; 1 findings; 2 usage,
+configuration or load error (one line on stderr, no traceback).
+Heavy modules (onnx, the plugins) are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pwlint import __version__
+
+COMMANDS = ("check", "rule", "rules", "plugins")
+SEVERITIES = ("info", "warning", "error")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        sys.stderr.write(f"pwlint: error: {message} (see 'pwlint --help')\n")
+        raise SystemExit(2)
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pwlint",
+        description="Lint neural-network models: Flatten+Dense heads, oversized dense layers, missing normalisation.",
+        epilog="Commands: check (default), rule CODE, rules, plugins. Exit codes: 0 clean, 1 findings, 2 error.",
+    )
+    parser.add_argument("--version", action="version", version=f"pwlint {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    check = sub.add_parser("check", help="lint model files and folders (the default command)")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="model files or folders")
+    check.add_argument("--select", action="append", metavar="CODES", help="rule codes, prefixes or names to enable (comma-separated); replaces the configured select")
+    check.add_argument("--ignore", action="append", metavar="CODES", help="rule codes, prefixes or names to disable (comma-separated); added to the configured ignore")
+    check.add_argument("--format", default="text", metavar="FORMAT", help="output format: text (default) or json")
+    check.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
+    check.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that makes the exit code 1 (default: warning)")
+    check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings (errors still exit 2)")
+
+    rule = sub.add_parser("rule", help="show a rule's documentation")
+    rule.add_argument("code", metavar="CODE", help="rule code or name, e.g. PW001 or flatten-dense-head")
+
+    rules = sub.add_parser("rules", help="list the rules")
+    rules.add_argument("--format", default="text", choices=("text", "json"))
+
+    sub.add_parser("plugins", help="list the loaded plugins and what they provide")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "check")
+    elif argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "check")
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    from pwlint.errors import PwlintError
+
+    try:
+        return _run(args)
+    except PwlintError as exc:
+        sys.stderr.write(f"pwlint: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("PWLINT_DEBUG"):
+            raise
+        sys.stderr.write(f"pwlint: internal error: {type(exc).__name__}: {exc} (set PWLINT_DEBUG=1 for a traceback)\n")
+        return 2
+
+
+def _run(args) -> int:
+    from pwlint.plugins import get_registry
+
+    registry = get_registry()
+    if args.command == "rule":
+        return _show_rule(registry, args.code)
+    if args.command == "rules":
+        return _list_rules(registry, args.format)
+    if args.command == "plugins":
+        return _list_plugins(registry)
+    return _check(registry, args)
+
+
+def _check(registry, args) -> int:
+    from pwlint.config import ConfigResolver, Overrides
+    from pwlint.engine import Linter
+    from pwlint.errors import PwlintError
+    from pwlint.findings import Severity
+
+    reporter = registry.reporters.get(args.format)
+    if reporter is None:
+        raise PwlintError(f"unknown format '{args.format}' (known: {', '.join(registry.reporters)})")
+    overrides = Overrides(
+        select=_split(args.select),
+        ignore=_split(args.ignore) or [],
+        fail_on=Severity(args.fail_on) if args.fail_on else None,
+    )
+    linter = Linter(registry, ConfigResolver(overrides, args.config))
+    result = linter.lint_paths(args.paths)
+    if not result.files:
+        raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {', '.join(registry.suffixes)})")
+    for file in result.errors:
+        sys.stderr.write(f"pwlint: error: {file.error}\n")
+    reporter.report(result, sys.stdout)
+    sys.stdout.flush()
+    return result.exit_code(exit_zero=args.exit_zero)
+
+
+def _find_rule(registry, code: str):
+    from pwlint.errors import PwlintError
+
+    for rule in registry.rules.values():
+        if code.upper() == rule.code or code == rule.name:
+            return rule
+    raise PwlintError(f"unknown rule '{code}' (see 'pwlint rules')")
+
+
+def _show_rule(registry, code: str) -> int:
+    rule = _find_rule(registry, code)
+    print(f"# {rule.code} {rule.name}: {rule.summary}\n")
+    print(f"Default severity: {rule.severity.value}\n")
+    print(rule.body)
+    options = rule.options.model_fields
+    if options:
+        print("\n## Options")
+        for field_name, info in options.items():
+            print(f"- `{field_name.replace('_', '-')}` (default {info.default!r})")
+    return 0
+
+
+def _list_rules(registry, fmt: str) -> int:
+    rules = sorted(registry.rules.values(), key=lambda r: r.code)
+    if fmt == "json":
+        import json
+
+        print(json.dumps([{"code": r.code, "name": r.name, "severity": r.severity.value, "summary": r.summary} for r in rules], indent=2))
+        return 0
+    for rule in rules:
+        print(f"{rule.code}  {rule.name:<24} {rule.severity.value:<8} {rule.summary}")
+    return 0
+
+
+def _list_plugins(registry) -> int:
+    for plugin, provided in registry.provided.items():
+        print(f"{plugin}: {', '.join(provided) if provided else '(nothing registered)'}")
+    return 0

@@ -1,0 +1,158 @@
+"""Configuration: ``[tool.pwlint]`` in pyproject.toml, or a pwlint.toml, found by
+walking up from each linted file, validated by pydantic, overridden by flags.
+
+An unknown key or a bad value is a :class:`~pwlint.errors.ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pwlint.errors import ConfigError
+from pwlint.findings import Severity
+
+CONFIG_FILES = ("pwlint.toml", "pyproject.toml")
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class FileSettings(BaseModel):
+    """The keys of ``[tool.pwlint]``."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True)
+
+    select: list[str] = ["ALL"]
+    ignore: list[str] = []
+    fail_on: Severity = Severity.WARNING
+    per_file_ignores: dict[str, list[str]] = {}
+    rules: dict[str, dict[str, Any]] = {}
+
+
+@dataclass
+class Settings:
+    """Settings in force for one file: the file's configuration plus command-line overrides."""
+
+    select: list[str] = field(default_factory=lambda: ["ALL"])
+    ignore: list[str] = field(default_factory=list)
+    fail_on: Severity = Severity.WARNING
+    per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the folder per-file-ignores patterns are relative to
+    root: Path = field(default_factory=Path.cwd)
+    source: str | None = None
+
+    def ignored_for(self, path: str) -> list[str]:
+        try:
+            relative = Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            relative = Path(path).as_posix()
+        name = Path(path).name
+        codes: list[str] = []
+        for pattern, selectors in self.per_file_ignores.items():
+            if fnmatch.fnmatch(relative, pattern) or ("/" not in pattern and fnmatch.fnmatch(name, pattern)):
+                codes.extend(selectors)
+        return codes
+
+
+def _describe(error: ValidationError, table: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(table)"
+    if first["type"] == "extra_forbidden":
+        return f"{table}: unknown key '{key}'"
+    return f"{table}: invalid value for '{key}': {first['msg']}"
+
+
+def read_config_file(path: Path) -> tuple[FileSettings, bool]:
+    """The settings in one file, and whether it had a pwlint section at all."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    if path.name == "pyproject.toml":
+        section = data.get("tool", {}).get("pwlint")
+        table = f"{path}: [tool.pwlint]"
+        if section is None:
+            return FileSettings(), False
+    else:
+        section, table = data, str(path)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{table} must be a table")
+    try:
+        return FileSettings.model_validate(section), True
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, table)) from None
+
+
+def find_config(start: Path) -> Path | None:
+    """The nearest pwlint.toml, or pyproject.toml with a [tool.pwlint] table, at or above ``start``."""
+    directory = start.resolve()
+    if directory.is_file() or not directory.exists():
+        directory = directory.parent
+    for folder in (directory, *directory.parents):
+        for name in CONFIG_FILES:
+            candidate = folder / name
+            if candidate.is_file():
+                if name == "pwlint.toml" or _has_pwlint_table(candidate):
+                    return candidate
+    return None
+
+
+def _has_pwlint_table(path: Path) -> bool:
+    try:
+        return b"[tool.pwlint" in path.read_bytes()
+    except OSError:
+        return False
+
+
+@dataclass
+class Overrides:
+    """Command-line flags, which win over configuration files."""
+
+    select: list[str] | None = None
+    ignore: list[str] = field(default_factory=list)
+    fail_on: Severity | None = None
+
+
+class ConfigResolver:
+    """Settings for each linted file, caching one parse per configuration file."""
+
+    def __init__(self, overrides: Overrides, config_path: str | None = None) -> None:
+        self.overrides = overrides
+        self.fixed: Path | None = None
+        if config_path is not None:
+            self.fixed = Path(config_path)
+            if not self.fixed.is_file():
+                raise ConfigError(f"{config_path}: configuration file not found")
+        self._cache: dict[Path | None, Settings] = {}
+
+    def for_path(self, path: str) -> Settings:
+        config = self.fixed or find_config(Path(path))
+        if config not in self._cache:
+            self._cache[config] = self._settings(config)
+        return self._cache[config]
+
+    def _settings(self, config: Path | None) -> Settings:
+        file_settings = FileSettings()
+        if config is not None:
+            file_settings, _ = read_config_file(config)
+        o = self.overrides
+        return Settings(
+            select=o.select if o.select is not None else file_settings.select,
+            ignore=file_settings.ignore + o.ignore,
+            fail_on=o.fail_on or file_settings.fail_on,
+            per_file_ignores=file_settings.per_file_ignores,
+            rules=file_settings.rules,
+            root=(config.parent if config else Path(os.getcwd())),
+            source=str(config) if config else None,
+        )

@@ -1,0 +1,187 @@
+"""Runs the rules: paths in, a :class:`LintResult` out.
+
+path -> loader -> ModelGraph -> rules -> findings -> selection and per-file ignores.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from pydantic import ValidationError
+
+from pwlint.config import ConfigResolver, Settings
+from pwlint.errors import ConfigError, PwlintError
+from pwlint.findings import Finding, Severity
+from pwlint.plugins import Registry
+from pwlint.rule import Rule, RuleOptions
+
+SKIPPED_DIRS = {"node_modules", "__pycache__", "site-packages"}
+
+
+@dataclass
+class FileResult:
+    path: str
+    format: str | None = None
+    error: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    fail_on: Severity = Severity.WARNING
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "format": self.format, "error": self.error}
+
+
+@dataclass
+class LintResult:
+    files: list[FileResult] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for file in self.files for f in file.findings]
+
+    @property
+    def errors(self) -> list[FileResult]:
+        return [f for f in self.files if f.error]
+
+    def failing(self) -> list[Finding]:
+        return [
+            finding for file in self.files for finding in file.findings
+            if finding.severity.rank >= file.fail_on.rank
+        ]
+
+    def exit_code(self, exit_zero: bool = False) -> int:
+        if self.errors:
+            return 2
+        if self.failing() and not exit_zero:
+            return 1
+        return 0
+
+
+def matches(selector: str, rule: Rule) -> int:
+    """How specifically ``selector`` names ``rule``: 0 not at all, higher is more specific."""
+    if selector == "ALL":
+        return 1
+    if selector == rule.name or selector == rule.code:
+        return 100
+    if rule.code.startswith(selector):
+        return 1 + len(selector)
+    return 0
+
+
+def is_enabled(rule: Rule, select: Iterable[str], ignore: Iterable[str]) -> bool:
+    """Ruff's rule: the most specific selector wins; on a tie, ignore wins."""
+    selected = max((matches(s, rule) for s in select), default=0)
+    ignored = max((matches(s, rule) for s in ignore), default=0)
+    return selected > 0 and selected > ignored
+
+
+def check_selectors(selectors: Iterable[str], registry: Registry, where: str) -> None:
+    for selector in selectors:
+        if not any(matches(selector, rule) for rule in registry.rules.values()):
+            raise ConfigError(f"{where}: unknown rule selector '{selector}'")
+
+
+class RuleSet:
+    """The rules and their validated options for one :class:`Settings`."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        where = settings.source or "command line"
+        check_selectors(settings.select, registry, where)
+        check_selectors(settings.ignore, registry, where)
+        for selectors in settings.per_file_ignores.values():
+            check_selectors(selectors, registry, where)
+        self.rules: list[tuple[Rule, RuleOptions, Severity]] = []
+        unknown = [code for code in settings.rules if code not in registry.rules]
+        if unknown:
+            raise ConfigError(f"{where}: [rules] names unknown rule '{unknown[0]}'")
+        for rule in registry.rules.values():
+            raw = dict(settings.rules.get(rule.code, {}))
+            severity = rule.severity
+            if "severity" in raw:
+                try:
+                    severity = Severity(raw.pop("severity"))
+                except ValueError:
+                    raise ConfigError(
+                        f"{where}: [rules.{rule.code}] invalid value for 'severity': "
+                        "expected info, warning or error"
+                    ) from None
+            try:
+                options = rule.options.model_validate(raw)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                if first["type"] == "extra_forbidden":
+                    raise ConfigError(f"{where}: [rules.{rule.code}] unknown option '{key}'") from None
+                raise ConfigError(f"{where}: [rules.{rule.code}] invalid value for '{key}': {first['msg']}") from None
+            if is_enabled(rule, settings.select, settings.ignore):
+                self.rules.append((rule, options, severity))
+
+
+def discover(paths: Iterable[str], suffixes: tuple[str, ...]) -> list[str]:
+    """Files to lint: files as given, folders walked for known suffixes (hidden folders skipped)."""
+    found: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
+                found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(suffixes)]
+        else:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+class Linter:
+    def __init__(self, registry: Registry, resolver: ConfigResolver) -> None:
+        self.registry = registry
+        self.resolver = resolver
+        self._rulesets: dict[int, RuleSet] = {}
+
+    def ruleset(self, settings: Settings) -> RuleSet:
+        key = id(settings)
+        if key not in self._rulesets:
+            self._rulesets[key] = RuleSet(settings, self.registry)
+        return self._rulesets[key]
+
+    def lint_paths(self, paths: Iterable[str]) -> LintResult:
+        result = LintResult()
+        for path in discover(paths, self.registry.suffixes):
+            result.files.append(self.lint_file(path))
+        return result
+
+    def lint_file(self, path: str) -> FileResult:
+        settings = self.resolver.for_path(path)
+        ruleset = self.ruleset(settings)
+        file_result = FileResult(path=path, fail_on=settings.fail_on)
+        if not os.path.exists(path):
+            file_result.error = f"{path}: no such file or directory"
+            return file_result
+        loader = self.registry.loader_for(path)
+        if loader is None:
+            known = ", ".join(self.registry.suffixes)
+            file_result.error = f"{path}: unsupported file type (pwlint reads {known})"
+            return file_result
+        file_result.format = loader.name
+        try:
+            graph = loader.load(path)
+        except PwlintError as exc:
+            file_result.error = str(exc)
+            return file_result
+        except (MemoryError, RecursionError) as exc:
+            file_result.error = f"{path}: model too large or too deeply nested to read ({type(exc).__name__})"
+            return file_result
+        ignored = settings.ignored_for(path)
+        for rule, options, severity in ruleset.rules:
+            if ignored and not is_enabled(rule, ["ALL"], ignored):
+                continue
+            try:
+                findings = list(rule.check(graph, options))
+            except Exception as exc:  # a rule bug must not hide the other rules' findings
+                file_result.error = f"{path}: internal error in rule {rule.code}: {type(exc).__name__}: {exc}"
+                return file_result
+            for finding in findings:
+                finding.code, finding.rule, finding.path = rule.code, rule.name, path
+                # a finding that set its own severity (PW003's info) keeps it
+                finding.severity = finding.severity or severity
+                file_result.findings.append(finding)
+        return file_result

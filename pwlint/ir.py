@@ -1,0 +1,135 @@
+"""The format-neutral model graph that every rule reads.
+
+Loaders turn ONNX, Keras or torch files into a :class:`ModelGraph`; rules only
+ever see this class, never a format's own objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Iterator
+
+import networkx as nx
+
+#: The normalised layer vocabulary shared by every format.
+KINDS = frozenset(
+    {
+        "conv", "dense", "flatten", "reshape", "norm", "act", "pool", "global_pool",
+        "add", "mul", "concat", "transpose", "dropout", "identity", "input", "output",
+        "other",
+    }
+)
+
+Shape = tuple  # a tuple of ints, with None for a dimension that is not known
+
+
+@dataclass
+class Layer:
+    """One layer of a model, as a rule sees it.
+
+    ``name`` is the name a user recognises in the source file; ``members`` lists
+    every source node folded into this layer (MatMul+Add become one dense layer).
+    ``source`` is a handle for the format's fix backend only; rules must not use it.
+    """
+
+    name: str
+    kind: str
+    op: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: int = 0
+    input_shapes: list[Shape | None] = field(default_factory=list)
+    output_shapes: list[Shape | None] = field(default_factory=list)
+    layout: str | None = None
+    members: tuple[str, ...] = ()
+    source: Any = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown layer kind {self.kind!r}")
+        if not self.members:
+            self.members = (self.name,)
+
+    @property
+    def output_shape(self) -> Shape | None:
+        return self.output_shapes[0] if self.output_shapes else None
+
+    @property
+    def input_shape(self) -> Shape | None:
+        return self.input_shapes[0] if self.input_shapes else None
+
+
+def spatial_size(shape: Shape | None, layout: str | None) -> int | None:
+    """H*W (or the product of all spatial dims) of a feature map, None if unknown."""
+    if shape is None or len(shape) < 3:
+        return None
+    dims = shape[1:-1] if layout == "NHWC" else shape[2:]
+    if any(d is None for d in dims):
+        return None
+    return prod(dims)
+
+
+def channels(shape: Shape | None, layout: str | None) -> int | None:
+    if shape is None or len(shape) < 2:
+        return None
+    return shape[-1] if layout == "NHWC" else shape[1]
+
+
+class ModelGraph:
+    """A directed graph of :class:`Layer` objects; an edge is a tensor.
+
+    Edges run from the producing layer to each consuming layer and carry the
+    tensor names (``tensors``) and the shape of the first of them (``shape``).
+    """
+
+    def __init__(self, path: str = "", fmt: str = "") -> None:
+        self.path = path
+        self.format = fmt
+        self.graph = nx.DiGraph()
+        #: trainable parameters of the whole model, counting shared weights once
+        self.total_params = 0
+        #: facts a loader wants to pass on, e.g. {"opset": 17}
+        self.meta: dict[str, Any] = {}
+
+    # building -----------------------------------------------------------
+    def add_layer(self, layer: Layer) -> Layer:
+        if layer.name in self.graph:
+            raise ValueError(f"duplicate layer name {layer.name!r}")
+        self.graph.add_node(layer.name, layer=layer)
+        return layer
+
+    def connect(self, producer: str, consumer: str, tensor: str, shape: Shape | None) -> None:
+        if self.graph.has_edge(producer, consumer):
+            self.graph.edges[producer, consumer]["tensors"].append(tensor)
+        else:
+            self.graph.add_edge(producer, consumer, tensors=[tensor], shape=shape)
+
+    # reading ------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.graph
+
+    def layer(self, name: str) -> Layer:
+        return self.graph.nodes[name]["layer"]
+
+    def layers(self, kind: str | None = None) -> Iterator[Layer]:
+        for name in self.graph.nodes:
+            layer = self.graph.nodes[name]["layer"]
+            if kind is None or layer.kind == kind:
+                yield layer
+
+    def consumers(self, layer: Layer) -> list[Layer]:
+        return [self.layer(n) for n in self.graph.successors(layer.name)]
+
+    def producers(self, layer: Layer) -> list[Layer]:
+        return [self.layer(n) for n in self.graph.predecessors(layer.name)]
+
+    def data_producer(self, layer: Layer) -> Layer | None:
+        """The layer that feeds this layer's first (data) input, if any."""
+        name = layer.attrs.get("data_input")
+        if name is not None and name in self.graph:
+            return self.layer(name)
+        preds = list(self.graph.predecessors(layer.name))
+        return self.layer(preds[0]) if len(preds) == 1 else None

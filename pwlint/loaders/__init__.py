@@ -1,0 +1,1 @@
+"""Format loaders: each turns one kind of model file into a ModelGraph."""

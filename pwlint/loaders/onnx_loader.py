@@ -1,0 +1,268 @@
+"""The ONNX loader: an ``.onnx`` file to a :class:`~pwlint.ir.ModelGraph`.
+
+Node names are kept as written in the file; nodes without a name are called
+``<OpType>_<index>``. Weight payloads are never read: parameter counts come
+from initializer dims, and external data is not touched.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+from pwlint.hookspecs import hookimpl
+from pwlint.ir import Layer, ModelGraph
+from pwlint.loaders.onnx_patterns import (
+    NodeIndex,
+    decomposed_norm_groups,
+    dense_groups,
+    frozen_batchnorm_groups,
+)
+from pwlint.loaders.onnx_read import FLOAT_TYPES, Node, OnnxModel, read_onnx
+
+OP_KINDS = {
+    "Conv": "conv", "ConvTranspose": "conv", "ConvInteger": "conv", "QLinearConv": "conv",
+    "Gemm": "dense",
+    "Flatten": "flatten",
+    "Reshape": "reshape", "Squeeze": "reshape", "Unsqueeze": "reshape",
+    "BatchNormalization": "norm", "InstanceNormalization": "norm",
+    "LayerNormalization": "norm", "GroupNormalization": "norm",
+    "SimplifiedLayerNormalization": "norm", "SkipLayerNormalization": "norm",
+    "RMSNormalization": "norm",
+    "MaxPool": "pool", "AveragePool": "pool", "LpPool": "pool",
+    "GlobalAveragePool": "global_pool", "GlobalMaxPool": "global_pool", "GlobalLpPool": "global_pool",
+    "Add": "add", "Sum": "add", "Mul": "mul", "Concat": "concat", "Transpose": "transpose",
+    "Dropout": "dropout", "Identity": "identity", "Cast": "identity", "CastLike": "identity",
+}
+ACTIVATIONS = {
+    "Relu": "relu", "LeakyRelu": "leaky_relu", "PRelu": "prelu", "Sigmoid": "sigmoid",
+    "HardSigmoid": "hard_sigmoid", "Tanh": "tanh", "Elu": "elu", "Selu": "selu", "Celu": "celu",
+    "Gelu": "gelu", "FastGelu": "gelu", "BiasGelu": "gelu", "HardSwish": "hard_swish",
+    "Softplus": "softplus", "Softsign": "softsign", "Clip": "clip", "Mish": "mish",
+    "Swish": "swish", "QuickGelu": "gelu", "Softmax": "softmax", "LogSoftmax": "log_softmax",
+    "ThresholdedRelu": "thresholded_relu", "Erf": "erf",
+}
+NORM_TYPES = {
+    "BatchNormalization": "batch", "InstanceNormalization": "instance",
+    "LayerNormalization": "layer", "GroupNormalization": "group",
+    "SimplifiedLayerNormalization": "rms", "SkipLayerNormalization": "layer",
+    "RMSNormalization": "rms",
+}
+#: BatchNormalization inputs that are running statistics, not trainable values
+NON_TRAINABLE_INPUTS = {"BatchNormalization": {3, 4}}
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}#{n}"
+    used.add(candidate)
+    return candidate
+
+
+class _Builder:
+    def __init__(self, model: OnnxModel, path: str) -> None:
+        self.model = model
+        self.index = NodeIndex(model)
+        self.graph = ModelGraph(path, "onnx")
+        self.graph.meta["opset"] = model.opset
+        self.used: set[str] = set()
+        self.producer_layer: dict[str, str] = {}
+        self.trainable: dict[str, int] = {}
+
+    def build(self) -> ModelGraph:
+        groups = self._groups()
+        for name in self.model.inputs:
+            layer = Layer(_unique(name, self.used), "input", "Input", output_shapes=[self.model.shapes.get(name)], layout="NCHW")
+            self.graph.add_layer(layer)
+            self.producer_layer[name] = layer.name
+        layers = []
+        for kind_hint, group in groups:
+            layer = self._layer(kind_hint, [self.model.nodes[i] for i in group])
+            self.graph.add_layer(layer)
+            layers.append(layer)
+            for node_index in group:
+                for out in self.model.nodes[node_index].outputs:
+                    if out:
+                        self.producer_layer[out] = layer.name
+        for layer in layers:
+            self._connect(layer, layer.source)
+        for name in self.model.outputs:
+            out = Layer(_unique(name, self.used), "output", "Output", input_shapes=[self.model.shapes.get(name)], layout="NCHW")
+            self.graph.add_layer(out)
+            if name in self.producer_layer:
+                self.graph.connect(self.producer_layer[name], out.name, name, self.model.shapes.get(name))
+        self.graph.total_params = sum(self.trainable.values())
+        return self.graph
+
+    def _groups(self) -> list[tuple[str | None, list[int]]]:
+        taken: set[int] = set()
+        fused = [("dense", g) for g in dense_groups(self.index, taken)]
+        fused += [("norm", g) for g in decomposed_norm_groups(self.index, taken)]
+        fused += [("frozen_norm", g) for g in frozen_batchnorm_groups(self.index, taken)]
+        singles = [(None, [n.index]) for n in self.model.nodes if n.index not in taken]
+        return sorted(fused + singles, key=lambda item: item[1][0])
+
+    def _internal(self, nodes: list[Node]) -> set[str]:
+        return {out for node in nodes for out in node.outputs}
+
+    def _group_io(self, nodes: list[Node]) -> tuple[list[str], list[str]]:
+        internal = self._internal(nodes)
+        members = {n.index for n in nodes}
+        inputs, outputs = [], []
+        for node in nodes:
+            inputs += [t for t in node.inputs if t and t not in internal and t not in inputs]
+        for node in nodes:
+            for out in node.outputs:
+                if not out:
+                    continue
+                users = self.index.consumers.get(out, [])
+                if out in self.model.outputs or any(u.index not in members for u in users) or not users:
+                    outputs.append(out)
+        return inputs, outputs
+
+    def _layer(self, kind_hint: str | None, nodes: list[Node]) -> Layer:
+        first = nodes[0]
+        name = _unique(first.name or f"{first.op}_{first.index}", self.used)
+        inputs, outputs = self._group_io(nodes)
+        data_inputs = [t for t in inputs if t not in self.model.constants]
+        params = 0
+        for node in nodes:
+            skip = NON_TRAINABLE_INPUTS.get(node.op, set())
+            for position, tensor in enumerate(node.inputs):
+                const = self.model.constants.get(tensor)
+                if const is None or const.dtype not in FLOAT_TYPES or position in skip or len(const.dims) == 0:
+                    continue
+                params += const.size
+                self.trainable[tensor] = const.size
+        kind, attrs = self._describe(kind_hint, nodes, data_inputs)
+        attrs["inputs"] = inputs
+        attrs["outputs"] = outputs
+        if len(nodes) > 1:
+            attrs["ops"] = [n.op for n in nodes]
+        if first.graph_depth:
+            attrs["subgraph_depth"] = first.graph_depth
+        return Layer(
+            name=name, kind=kind, op="+".join(dict.fromkeys(n.op for n in nodes)),
+            attrs=attrs, params=params,
+            input_shapes=[self.model.shapes.get(t) for t in data_inputs],
+            output_shapes=[self.model.shapes.get(t) for t in outputs],
+            layout="NCHW", members=tuple(n.name for n in nodes), source=nodes,
+        )
+
+    def _describe(self, kind_hint: str | None, nodes: list[Node], data_inputs: list[str]) -> tuple[str, dict]:
+        node = nodes[0]
+        if kind_hint == "dense":
+            weight = self.model.constants[node.inputs[1]]
+            rank = len(self.model.shapes.get(node.inputs[0]) or ())
+            return "dense", {
+                "in_features": weight.dims[0], "out_features": weight.dims[1],
+                "bias": len(nodes) > 1, "per_position": rank > 2,
+            }
+        if kind_hint == "norm":
+            return "norm", {"norm_type": "decomposed"}
+        if kind_hint == "frozen_norm":
+            return "norm", {"norm_type": "frozen_batch"}
+        if node.op in ACTIVATIONS:
+            return "act", {"activation": ACTIVATIONS[node.op]}
+        kind = OP_KINDS.get(node.op, "other") if node.domain in ("", "ai.onnx", "com.microsoft") else "other"
+        attrs: dict = {}
+        if kind == "conv":
+            attrs = self._conv_attrs(node)
+        elif kind == "dense":
+            attrs = self._gemm_attrs(node)
+        elif kind == "norm":
+            attrs = {"norm_type": NORM_TYPES[node.op]}
+        elif kind in ("pool",):
+            attrs = {"kernel": tuple(node.attrs.get("kernel_shape", ())), "stride": tuple(node.attrs.get("strides", ()))}
+        elif kind == "transpose":
+            perm = node.attrs.get("perm")
+            attrs = {"perm": tuple(perm) if perm else None, "layout_change": _is_layout_perm(perm)}
+        elif node.op in ("ReduceMean", "ReduceMax") and self._reduces_spatial(node):
+            kind = "global_pool"
+        return kind, attrs
+
+    def _conv_attrs(self, node: Node) -> dict:
+        weight_index = 3 if node.op == "QLinearConv" else 1
+        weight = self.model.constants.get(node.inputs[weight_index]) if len(node.inputs) > weight_index else None
+        dims = weight.dims if weight else self.model.shapes.get(node.inputs[weight_index]) if len(node.inputs) > weight_index else None
+        groups = node.attrs.get("group", 1)
+        attrs = {
+            "groups": groups,
+            "stride": tuple(node.attrs.get("strides", ())),
+            "dilation": tuple(node.attrs.get("dilations", ())),
+            "transposed": node.op == "ConvTranspose",
+            "bias": len(node.inputs) > 2 and bool(node.inputs[2]) and node.op in ("Conv", "ConvTranspose"),
+            "bias_input": node.inputs[2] if len(node.inputs) > 2 and node.op in ("Conv", "ConvTranspose") else None,
+        }
+        if dims and len(dims) >= 3 and all(d is not None for d in dims):
+            if node.op == "ConvTranspose":
+                attrs.update(in_channels=dims[0], out_channels=dims[1] * groups)
+            else:
+                attrs.update(out_channels=dims[0], in_channels=dims[1] * groups)
+            attrs["kernel"] = tuple(dims[2:])
+        return attrs
+
+    def _gemm_attrs(self, node: Node) -> dict:
+        weight = self.model.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        dims = weight.dims if weight else self.model.shapes.get(node.inputs[1])
+        attrs: dict = {"bias": len(node.inputs) > 2 and bool(node.inputs[2]), "per_position": False}
+        if dims and len(dims) == 2 and None not in dims:
+            k, n = (dims[1], dims[0]) if node.attrs.get("transB", 0) else dims
+            attrs.update(in_features=k, out_features=n)
+        if weight is None:
+            attrs["weight_is_input"] = True
+        return attrs
+
+    def _reduces_spatial(self, node: Node) -> bool:
+        shape = self.model.shapes.get(node.inputs[0]) if node.inputs else None
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1:
+            const = self.model.constants.get(node.inputs[1])
+            axes = const.values if const is not None else None
+        if shape is None or not axes or len(shape) < 3:
+            return False
+        rank = len(shape)
+        normalised = sorted(a % rank for a in axes)
+        return normalised == list(range(2, rank))
+
+    def _connect(self, layer: Layer, nodes: list[Node]) -> None:
+        data_input = None
+        for tensor in layer.attrs["inputs"]:
+            producer = self.producer_layer.get(tensor)
+            if producer is None:
+                continue
+            self.graph.connect(producer, layer.name, tensor, self.model.shapes.get(tensor))
+            if data_input is None and tensor not in self.model.constants:
+                data_input = producer
+        layer.attrs["data_input"] = data_input
+        layer.source = nodes
+
+
+def _is_layout_perm(perm) -> bool:
+    """True for perms that only move the channel axis (NCHW <-> NHWC, [0,2,1])."""
+    if not perm or len(perm) < 3 or perm[0] != 0:
+        return False
+    rest = list(perm[1:])
+    n = len(rest)
+    to_last = rest == list(range(2, n + 1)) + [1]
+    to_first = rest == [n] + list(range(1, n))
+    return to_last or to_first
+
+
+def load(path: str) -> ModelGraph:
+    return _Builder(read_onnx(path), path).build()
+
+
+class OnnxLoader:
+    name = "onnx"
+    suffixes = (".onnx",)
+
+    @staticmethod
+    def load(path: str) -> ModelGraph:
+        return load(path)
+
+
+@hookimpl
+def pwlint_register_loaders(register):
+    register(OnnxLoader())

@@ -1,0 +1,146 @@
+"""Groups of ONNX nodes that form one layer: MatMul+Add dense layers and
+decomposed normalisations (LayerNorm/RMSNorm from ReduceMean arithmetic,
+frozen BatchNorm as a per-channel Mul+Add).
+
+Each matcher returns groups as lists of node indices; the first index names the layer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from pwlint.loaders.onnx_read import FLOAT_TYPES, Node, OnnxModel
+
+#: elementwise arithmetic that may sit between a ReduceMean and the Div/Mul of a decomposed norm
+NORM_ARITHMETIC = {"Pow", "Mul", "Add", "Sqrt", "Reciprocal", "Div", "Sub", "Cast", "ReduceMean", "ReduceSumSquare", "ReduceSum", "Identity"}
+MAX_NORM_DEPTH = 8
+
+
+class NodeIndex:
+    """Producer and consumer look-ups over the nodes of an :class:`OnnxModel`."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        self.model = model
+        self.producer: dict[str, Node] = {}
+        self.consumers: dict[str, list[Node]] = {}
+        for node in model.nodes:
+            for out in node.outputs:
+                if out:
+                    self.producer[out] = node
+            for inp in node.inputs:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(node)
+
+    def is_weight(self, tensor: str) -> bool:
+        const = self.model.constants.get(tensor)
+        return const is not None and const.dtype in FLOAT_TYPES
+
+    def sole_consumer(self, tensor: str) -> Node | None:
+        users = self.consumers.get(tensor, [])
+        if len(users) == 1 and tensor not in self.model.outputs:
+            return users[0]
+        return None
+
+
+def dense_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]:
+    """MatMul(x, W) followed by Add(., b), W and b constant: one dense layer."""
+    groups = []
+    for node in index.model.nodes:
+        if node.op != "MatMul" or node.index in taken or len(node.inputs) < 2:
+            continue
+        weight = index.model.constants.get(node.inputs[1])
+        if weight is None or len(weight.dims) != 2:
+            continue
+        group = [node.index]
+        add = index.sole_consumer(node.outputs[0])
+        if add is not None and add.op == "Add" and add.index not in taken:
+            other = [t for t in add.inputs if t != node.outputs[0]]
+            bias = index.model.constants.get(other[0]) if len(other) == 1 else None
+            if bias is not None and bias.size == weight.dims[1]:
+                group.append(add.index)
+        groups.append(group)
+        taken.update(group)
+    return groups
+
+
+def _ancestors(
+    index: NodeIndex, tensor: str, allowed: set[str], depth: int, stop: str
+) -> tuple[set[int], set[str]]:
+    """Nodes (restricted to ``allowed`` ops) and tensors reachable backwards from
+    ``tensor``, not walking past ``stop``."""
+    nodes: set[int] = set()
+    tensors: set[str] = {tensor}
+    queue = deque([(tensor, 0)])
+    while queue:
+        current, level = queue.popleft()
+        node = None if current == stop else index.producer.get(current)
+        if node is None or node.op not in allowed or node.index in nodes or level >= depth:
+            continue
+        nodes.add(node.index)
+        for inp in node.inputs:
+            if inp and inp not in tensors:
+                tensors.add(inp)
+                queue.append((inp, level + 1))
+    return nodes, tensors
+
+
+def decomposed_norm_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]:
+    """``x / f(ReduceMean(g(x)))`` or ``x * 1/f(...)``: LayerNorm, RMSNorm and kin.
+
+    The centred form ``Sub(x, ReduceMean(x))`` is folded in as well.
+    """
+    groups = []
+    for node in index.model.nodes:
+        if node.op not in ("Div", "Mul") or node.index in taken or len(node.inputs) != 2:
+            continue
+        for data, scale in (node.inputs, node.inputs[::-1]):
+            if not data or not scale or index.model.constants.get(scale) is not None:
+                continue
+            chain, tensors = _ancestors(index, scale, NORM_ARITHMETIC, MAX_NORM_DEPTH, stop=data)
+            reduces = [i for i in chain if index.model.nodes[i].op in ("ReduceMean", "ReduceSumSquare", "ReduceSum")]
+            if not reduces or data not in tensors or chain & taken:
+                continue
+            group = [node.index] + sorted(chain)
+            centre = index.producer.get(data)
+            if centre is not None and centre.op == "Sub" and centre.index not in taken and len(centre.inputs) == 2:
+                mean = index.producer.get(centre.inputs[1])
+                if mean is not None and mean.op == "ReduceMean" and mean.inputs[:1] == centre.inputs[:1]:
+                    group = [centre.index, mean.index] + group
+            group = list(dict.fromkeys(group))
+            groups.append(group)
+            taken.update(group)
+            break
+    return groups
+
+
+def _per_channel(index: NodeIndex, tensor: str, rank: int | None) -> bool:
+    const = index.model.constants.get(tensor)
+    if const is None or const.dtype not in FLOAT_TYPES or rank != 4:
+        return False
+    dims = list(const.dims)
+    if len(dims) == 4 and dims[0] == 1:
+        dims = dims[1:]
+    return len(dims) == 3 and dims[0] > 1 and dims[1:] == [1, 1]
+
+
+def frozen_batchnorm_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]:
+    """Mul by a per-channel constant, then Add of one: a BatchNorm folded to its affine form."""
+    groups = []
+    for node in index.model.nodes:
+        if node.op != "Mul" or node.index in taken or len(node.inputs) != 2:
+            continue
+        data, scale = node.inputs
+        if index.model.constants.get(data) is not None:
+            data, scale = scale, data
+        rank = len(index.model.shapes.get(data) or ()) or None
+        if not _per_channel(index, scale, rank):
+            continue
+        add = index.sole_consumer(node.outputs[0])
+        if add is None or add.op != "Add" or add.index in taken:
+            continue
+        shift = [t for t in add.inputs if t != node.outputs[0]]
+        if len(shift) != 1 or not _per_channel(index, shift[0], rank):
+            continue
+        groups.append([node.index, add.index])
+        taken.update((node.index, add.index))
+    return groups

@@ -1,0 +1,207 @@
+"""Reading an ONNX file into a flat, shape-annotated list of nodes.
+
+This is the format half of the ONNX loader: it parses the file, runs shape
+inference without weight payloads, and walks If/Loop/Scan subgraphs without
+recursion. :mod:`pwlint.loaders.onnx_loader` turns the result into layers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from math import prod
+
+from pwlint.errors import LoadError
+
+FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+#: Initializers at most this large keep their values for shape inference
+#: (Reshape targets, axes); larger ones are weights whose values linting never needs.
+SMALL_TENSOR = 64
+
+
+@dataclass
+class Node:
+    index: int
+    name: str
+    op: str
+    domain: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict
+    proto: object
+    graph_depth: int = 0
+
+
+@dataclass
+class Tensor:
+    """A constant tensor (initializer or Constant node): its dims, type and, if small, values."""
+
+    dims: tuple[int, ...]
+    dtype: int
+    values: list | None = None
+
+    @property
+    def size(self) -> int:
+        return prod(self.dims) if self.dims else 1
+
+
+@dataclass
+class OnnxModel:
+    nodes: list[Node] = field(default_factory=list)
+    constants: dict[str, Tensor] = field(default_factory=dict)
+    shapes: dict[str, tuple | None] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    opset: int | None = None
+    proto: object = None
+
+
+def parse_file(path: str):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not os.path.exists(path):
+        raise LoadError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise LoadError(f"{path}: is a directory")
+    if os.path.getsize(path) == 0:
+        raise LoadError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load_model(path, load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, TypeError, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LoadError(f"{path}: not a valid ONNX model (truncated or not protobuf: {detail})") from None
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise LoadError(f"{path}: not an ONNX model (no IR version or graph)")
+    if not model.graph.node and not model.graph.output:
+        raise LoadError(f"{path}: ONNX model with an empty graph")
+    return model
+
+
+def _tensor_values(tensor) -> list | None:
+    from onnx import numpy_helper
+
+    if prod(tensor.dims) > SMALL_TENSOR or tensor.data_location == 1:
+        return None
+    try:
+        return numpy_helper.to_array(tensor).reshape(-1).tolist()
+    except Exception:  # malformed payload: the values are a nicety, not a requirement
+        return None
+
+
+def _strip_payload(tensor) -> None:
+    """Drop a weight's bytes so that shape inference does not copy them around."""
+    for name in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
+        tensor.ClearField(name)
+
+
+def _shape_of(type_proto) -> tuple | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    return tuple(
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        for d in type_proto.tensor_type.shape.dim
+    )
+
+
+def _attributes(node) -> dict:
+    from onnx import AttributeProto, helper
+
+    attrs = {}
+    for attr in node.attribute:
+        if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            continue
+        if attr.type in (AttributeProto.TENSOR, AttributeProto.SPARSE_TENSOR):
+            attrs[attr.name] = attr
+            continue
+        value = helper.get_attribute_value(attr)
+        attrs[attr.name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return attrs
+
+
+def read_onnx(path: str) -> OnnxModel:
+    import onnx
+    from onnx import AttributeProto
+
+    model = parse_file(path)
+    result = OnnxModel(proto=model)
+    result.opset = next(
+        (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
+    )
+
+    # Pass 1: constants, and strip weight payloads everywhere (main graph and subgraphs).
+    graphs = [(model.graph, 0)]
+    all_graphs = []
+    while graphs:
+        graph, depth = graphs.pop()
+        all_graphs.append((graph, depth))
+        for init in graph.initializer:
+            result.constants[init.name] = Tensor(tuple(init.dims), init.data_type, _tensor_values(init))
+            if prod(init.dims) > SMALL_TENSOR:
+                _strip_payload(init)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.GRAPH:
+                    graphs.append((attr.g, depth + 1))
+                elif attr.type == AttributeProto.GRAPHS:
+                    graphs.extend((g, depth + 1) for g in attr.graphs)
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best effort: unknown shapes make rules abstain
+        inferred = model
+
+    # Pass 2: shapes from every graph of the inferred model.
+    pending = [inferred.graph]
+    while pending:
+        graph = pending.pop()
+        for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+            shape = _shape_of(value.type)
+            if shape is not None or value.name not in result.shapes:
+                result.shapes[value.name] = shape
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.GRAPH:
+                    pending.append(attr.g)
+                elif attr.type == AttributeProto.GRAPHS:
+                    pending.extend(attr.graphs)
+    for name, tensor in result.constants.items():
+        result.shapes[name] = tensor.dims
+
+    # Pass 3: nodes of every graph, in a stable order (main graph first).
+    initializer_names = set(result.constants)
+    result.inputs = [i.name for i in model.graph.input if i.name not in initializer_names]
+    result.outputs = [o.name for o in model.graph.output]
+    for graph, depth in sorted(all_graphs, key=lambda item: item[1]):
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                _record_constant(node, result)
+                continue
+            result.nodes.append(
+                Node(
+                    index=len(result.nodes), name=node.name, op=node.op_type,
+                    domain=node.domain, inputs=list(node.input), outputs=list(node.output),
+                    attrs=_attributes(node), proto=node, graph_depth=depth,
+                )
+            )
+    return result
+
+
+def _record_constant(node, result: OnnxModel) -> None:
+    from onnx import helper
+
+    if not node.output:
+        return
+    for attr in node.attribute:
+        if attr.name == "value":
+            tensor = attr.t
+            result.constants[node.output[0]] = Tensor(tuple(tensor.dims), tensor.data_type, _tensor_values(tensor))
+            result.shapes[node.output[0]] = tuple(tensor.dims)
+            return
+        if attr.name in ("value_ints", "value_floats"):
+            values = list(helper.get_attribute_value(attr))
+            result.constants[node.output[0]] = Tensor((len(values),), 7 if attr.name == "value_ints" else 1, values)
+            return
+        if attr.name in ("value_int", "value_float"):
+            result.constants[node.output[0]] = Tensor((), 7 if attr.name == "value_int" else 1, [helper.get_attribute_value(attr)])
+            return

@@ -1,0 +1,94 @@
+"""The plugin host: one pluggy PluginManager, built-ins registered like entry points."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pluggy
+
+from pwlint import hookspecs
+from pwlint.errors import PwlintError
+
+ENTRY_POINT_GROUP = "pwlint"
+DISABLE_AUTOLOAD_ENV = "PWLINT_DISABLE_PLUGIN_AUTOLOAD"
+
+#: Built-in plugins, registered by module name exactly as an entry point would be.
+DEFAULT_PLUGINS = (
+    "pwlint_rules",
+    "pwlint.loaders.onnx_loader",
+    "pwlint.reporters.text",
+    "pwlint.reporters.json",
+)
+
+
+@dataclass
+class Registry:
+    """Everything the plugins registered, keyed by code, format or format name."""
+
+    rules: dict = field(default_factory=dict)
+    loaders: dict = field(default_factory=dict)
+    reporters: dict = field(default_factory=dict)
+    #: plugin name -> the rule codes, loader and reporter names it registered
+    provided: dict = field(default_factory=dict)
+
+    def loader_for(self, path: str):
+        lowered = path.lower()
+        for loader in self.loaders.values():
+            if lowered.endswith(tuple(loader.suffixes)):
+                return loader
+        return None
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return tuple(s for loader in self.loaders.values() for s in loader.suffixes)
+
+
+def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if autoload is None:
+        autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+    if autoload:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken third-party plugin must not give a traceback
+            raise PwlintError(f"could not load a plugin: {exc}") from exc
+    pm.check_pending()
+    return pm
+
+
+def collect(pm: pluggy.PluginManager) -> Registry:
+    registry = Registry()
+    for plugin_name, _ in pm.list_name_plugin():
+        registry.provided[plugin_name] = []
+    hooks = (
+        (pm.hook.pwlint_register_rules, registry.rules, lambda r: r.code),
+        (pm.hook.pwlint_register_loaders, registry.loaders, lambda r: r.name),
+        (pm.hook.pwlint_register_reporters, registry.reporters, lambda r: r.name),
+    )
+    for caller, target, key_of in hooks:
+        # called one implementation at a time so that we know which plugin gave what
+        for impl in reversed(caller.get_hookimpls()):
+            provided = registry.provided.setdefault(impl.plugin_name, [])
+
+            def register(item, target=target, key_of=key_of, impl=impl, provided=provided):
+                key = key_of(item)
+                if key in target:
+                    raise PwlintError(
+                        f"plugin {impl.plugin_name!r} registers {key!r}, which is already registered"
+                    )
+                target[key] = item
+                provided.append(key)
+
+            impl.function(register=register)
+    return registry
+
+
+@lru_cache(maxsize=None)
+def get_registry(autoload: bool | None = None) -> Registry:
+    return collect(make_plugin_manager(autoload))

@@ -1,0 +1,1 @@
+"""Output formats: each renders a LintResult to a stream."""

@@ -1,0 +1,68 @@
+"""Graph walks that rules share: seeing through layers that do not change what a
+tensor means (Dropout, Identity, Cast, layout Transposes).
+
+Every walk keeps a visited set, so cyclic or very large graphs cannot loop or
+recurse without end.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterator
+
+from pwlint.ir import Layer, ModelGraph
+
+TRANSPARENT_KINDS = frozenset({"dropout", "identity"})
+
+
+def is_transparent(layer: Layer) -> bool:
+    """Layers that pass a tensor on unchanged in meaning."""
+    if layer.kind in TRANSPARENT_KINDS:
+        return True
+    return layer.kind == "transpose" and bool(layer.attrs.get("layout_change"))
+
+
+def source_of(graph: ModelGraph, layer: Layer, through: Callable[[Layer], bool] = is_transparent) -> Layer | None:
+    """The first layer upstream of ``layer``'s data input that ``through`` does not see through."""
+    seen = {layer.name}
+    current = graph.data_producer(layer)
+    while current is not None and through(current) and current.name not in seen:
+        seen.add(current.name)
+        current = graph.data_producer(current)
+    return current
+
+
+def downstream(
+    graph: ModelGraph, start: Layer, through: Callable[[Layer], bool]
+) -> Iterator[tuple[Layer, list[str]]]:
+    """Breadth-first over the consumers of ``start``; yields each layer reached with
+    the path of names from ``start``. Only layers for which ``through`` is true are
+    walked past; the others are yielded and end that path."""
+    seen = {start.name}
+    queue = deque([(start, [start.name])])
+    while queue:
+        layer, path = queue.popleft()
+        for consumer in graph.consumers(layer):
+            if consumer.name in seen:
+                continue
+            seen.add(consumer.name)
+            consumer_path = path + [consumer.name]
+            if through(consumer):
+                queue.append((consumer, consumer_path))
+            else:
+                yield consumer, consumer_path
+
+
+def sole_consumer(graph: ModelGraph, layer: Layer, through: Callable[[Layer], bool] = is_transparent) -> Layer | None:
+    """The only consumer of ``layer``'s output (seeing through ``through``), if there is exactly one."""
+    seen = {layer.name}
+    current = layer
+    while True:
+        consumers = graph.consumers(current)
+        if len(consumers) != 1 or consumers[0].name in seen:
+            return None
+        nxt = consumers[0]
+        if not through(nxt):
+            return nxt
+        seen.add(nxt.name)
+        current = nxt

@@ -1,0 +1,58 @@
+"""PW004 conv-bias-before-norm: a convolution's bias that the next BatchNorm cancels.
+
+## What it does
+Finds a convolution with a bias whose output goes only into a BatchNorm
+(Dropout, Identity and Cast in between are seen through).
+
+## Why is this bad
+BatchNorm subtracts the per-channel mean of its input, and a per-channel bias
+shifts that mean by exactly the bias: the bias has no effect on the output. Its
+parameters are stored, loaded and trained for nothing, and its gradient is
+noise.
+
+## Example
+```
+Conv(bias=True) -> BatchNorm -> ReLU
+```
+
+## Use instead
+```
+Conv(bias=False) -> BatchNorm -> ReLU
+```
+(`nn.Conv2d(..., bias=False)` in PyTorch, `Conv2D(..., use_bias=False)` in Keras).
+The bias can be folded exactly into the BatchNorm's running mean.
+"""
+
+from __future__ import annotations
+
+from pwlint.findings import Finding, Severity
+from pwlint.ir import ModelGraph
+from pwlint.rule import NoOptions, Rule
+from pwlint.walk import sole_consumer
+
+
+def check(graph: ModelGraph, options: NoOptions):
+    for conv in graph.layers("conv"):
+        if not conv.attrs.get("bias"):
+            continue
+        norm = sole_consumer(graph, conv)
+        if norm is None or norm.kind != "norm" or norm.attrs.get("norm_type") != "batch":
+            continue
+        bias = conv.attrs.get("out_channels")
+        count = f"{bias} " if bias else ""
+        yield Finding(
+            message=(
+                f"conv {conv.name} has a bias of {count}parameters that BatchNorm {norm.name} "
+                "cancels by subtracting the mean; drop the bias"
+            ),
+            nodes=[conv.name, norm.name],
+        )
+
+
+RULE = Rule(
+    code="PW004",
+    name="conv-bias-before-norm",
+    severity=Severity.WARNING,
+    check=check,
+    doc=__doc__,
+)

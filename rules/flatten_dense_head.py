@@ -1,0 +1,133 @@
+"""PW001 flatten-dense-head: a spatial feature map flattened into a dense layer.
+
+## What it does
+Finds a Flatten, Reshape or Squeeze that turns a convolutional feature map with
+more than one spatial position (H*W > 1) into a vector feeding a fully-connected
+(dense) layer. Dropout, Identity, Cast and layout Transposes in between are seen
+through. A flatten after global pooling or of a 1x1 map, a dense layer applied
+per position (ConvNeXt blocks, transformer MLPs) and reshapes of attention
+tensors are not reported.
+
+## Why is this bad
+The dense layer gets one weight per spatial position, per channel, per unit:
+its parameter count grows with H*W, it ties the model to one input size and it
+learns nothing that is shared across positions. In VGG16 this single layer
+(25088 -> 4096) holds 102.8M of the model's 138M parameters. Global pooling
+followed by pointwise (1x1) convolutions does the same job with H*W times fewer
+parameters (NiN, SqueezeNet, ResNet, MobileNet heads).
+
+## Example
+```
+conv (512 x 7 x 7) -> Flatten -> Dense(25088 -> 4096) -> Dense(4096 -> 1000)
+```
+
+## Use instead
+```
+conv (512 x 7 x 7) -> GlobalAveragePool -> Conv 1x1 (512 -> 4096) -> Conv 1x1 (4096 -> 1000)
+```
+or, keeping the outputs exactly, a Conv with a 7x7 kernel in place of the
+first dense layer (the head then accepts larger inputs).
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+from pwlint.findings import Finding, Severity
+from pwlint.ir import Layer, ModelGraph
+from pwlint.rule import Rule, RuleOptions
+from pwlint.units import human, ratio
+from pwlint.walk import is_transparent, sole_consumer, source_of
+
+#: layers a feature map passes through between its conv and the flatten, channels unchanged
+FEATURE_KINDS = frozenset({"act", "pool", "norm", "dropout", "identity", "add", "mul"})
+HEAD_KINDS = frozenset({"act", "dropout", "identity", "norm"})
+
+
+class Options(RuleOptions):
+    #: report only when the flattened map has at least this many positions (H*W)
+    min_positions: int = 2
+
+
+def _feature_source(graph: ModelGraph, flat: Layer) -> tuple[Layer | None, int]:
+    """The conv upstream of a flatten, and how many layout transposes lie between."""
+    flips = 0
+    seen = {flat.name}
+    current = graph.data_producer(flat)
+    while current is not None and current.name not in seen:
+        seen.add(current.name)
+        if current.kind == "transpose" and current.attrs.get("layout_change"):
+            flips += 1
+        elif current.kind not in FEATURE_KINDS:
+            break
+        current = graph.data_producer(current)
+    return current, flips
+
+
+def _positions(shape: tuple, layout: str) -> tuple[int, ...] | None:
+    dims = shape[1:-1] if layout == "NHWC" else shape[2:]
+    return None if any(d is None for d in dims) else tuple(dims)
+
+
+def _head(graph: ModelGraph, first: Layer) -> list[Layer]:
+    """The first dense layer and the dense layers chained after it."""
+    head = [first]
+    current = first
+    while True:
+        nxt = sole_consumer(graph, current, through=lambda l: l.kind in HEAD_KINDS or is_transparent(l))
+        if nxt is None or nxt.kind != "dense" or nxt.attrs.get("per_position") or any(nxt.name == h.name for h in head):
+            return head
+        head.append(nxt)
+        current = nxt
+
+
+def check(graph: ModelGraph, options: Options):
+    for dense in graph.layers("dense"):
+        if dense.attrs.get("per_position"):
+            continue
+        flat = source_of(graph, dense)
+        if flat is None or flat.kind not in ("flatten", "reshape"):
+            continue
+        shape = flat.input_shape
+        if shape is None or len(shape) < 3 or (flat.output_shape is not None and len(flat.output_shape) != 2):
+            continue
+        conv, flips = _feature_source(graph, flat)
+        if conv is None or conv.kind not in ("conv", "concat"):
+            continue
+        layout = conv.layout or "NCHW"
+        if flips % 2:
+            layout = "NHWC" if layout == "NCHW" else "NCHW"
+        positions = _positions(shape, layout)
+        if positions is None or prod(positions) < options.min_positions:
+            continue
+        yield _finding(graph, flat, dense, shape, layout, positions)
+
+
+def _finding(graph: ModelGraph, flat: Layer, dense: Layer, shape: tuple, layout: str, positions: tuple) -> Finding:
+    chans = shape[-1] if layout == "NHWC" else shape[1]
+    head = _head(graph, dense)
+    head_params = sum(layer.params for layer in head)
+    units = dense.attrs.get("out_features")
+    message = (
+        f"{flat.name} flattens a {chans}x{'x'.join(map(str, positions))} feature map into "
+        f"dense layer {dense.name}"
+    )
+    if units and chans:
+        pointwise_first = chans * units + (units if dense.attrs.get("bias") else 0)
+        pointwise = head_params - dense.params + pointwise_first
+        message += (
+            f" ({human(prod(shape[1:]))} -> {units}); the head has {human(head_params)} parameters, "
+            f"a global-pool + pointwise (1x1 conv) head would have {human(pointwise)} "
+            f"({ratio(head_params, pointwise)} fewer)"
+        )
+    return Finding(message=message, nodes=[flat.name, dense.name])
+
+
+RULE = Rule(
+    code="PW001",
+    name="flatten-dense-head",
+    severity=Severity.WARNING,
+    options=Options,
+    check=check,
+    doc=__doc__,
+)

@@ -1,0 +1,68 @@
+"""PW002 oversized-dense: a fully-connected layer that dominates the parameter budget.
+
+## What it does
+Finds fully-connected (dense) layers with more parameters than `max-params`
+(default 4,194,304, i.e. 4M). Dense layers applied per position of a sequence
+or feature map (transformer MLPs, ConvNeXt pointwise layers) are not reported:
+their cost is shared across positions. Ordinary classifiers on pooled features
+(a 1000-class layer on 512 to 2048 features) stay below the default.
+
+## Why is this bad
+One such layer often holds most of a model's parameters while doing little of
+its work: VGG16's fc1 (25088 -> 4096) holds 102.8M of 138M parameters and fc2
+another 16.8M; AlexNet's fc6 and fc7 hold 37.7M and 16.8M. They make the file
+large, slow to load and easy to overfit.
+
+## Example
+```
+Flatten -> Dense(25088 -> 4096) -> Dense(4096 -> 4096) -> Dense(4096 -> 1000)
+```
+
+## Use instead
+```
+GlobalAveragePool -> Dense(512 -> 1000)
+```
+or a pointwise (1x1 conv) head, or a low-rank factorisation
+Dense(in -> r) -> Dense(r -> out) with r much smaller than in and out.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pwlint.findings import Finding, Severity
+from pwlint.ir import ModelGraph
+from pwlint.rule import Rule, RuleOptions
+from pwlint.units import human
+
+
+class Options(RuleOptions):
+    #: a dense layer with more parameters than this is reported
+    max_params: int = Field(default=4_194_304, ge=0)
+
+
+def check(graph: ModelGraph, options: Options):
+    for dense in graph.layers("dense"):
+        if dense.attrs.get("per_position") or dense.params <= options.max_params:
+            continue
+        fan_in, fan_out = dense.attrs.get("in_features"), dense.attrs.get("out_features")
+        shape = f" ({fan_in} -> {fan_out})" if fan_in and fan_out else ""
+        share = f", {dense.params / graph.total_params:.0%} of the model" if graph.total_params else ""
+        macs = f" and {human(fan_in * fan_out)} MACs per sample" if fan_in and fan_out else ""
+        yield Finding(
+            message=(
+                f"dense layer {dense.name}{shape} has {human(dense.params)} parameters{share}{macs}, "
+                f"over the limit of {human(options.max_params)}"
+            ),
+            nodes=[dense.name],
+        )
+
+
+RULE = Rule(
+    code="PW002",
+    name="oversized-dense",
+    severity=Severity.WARNING,
+    options=Options,
+    check=check,
+    doc=__doc__,
+)
