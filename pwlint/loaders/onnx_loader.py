@@ -187,13 +187,15 @@ class _Builder:
         weight = self.model.constants.get(node.inputs[weight_index]) if len(node.inputs) > weight_index else None
         dims = weight.dims if weight else self.model.shapes.get(node.inputs[weight_index]) if len(node.inputs) > weight_index else None
         groups = node.attrs.get("group", 1)
+        # a bias computed in the graph (dynamo's zeros for bias=False) is not a parameter
+        bias = node.inputs[2] if len(node.inputs) > 2 and node.op in ("Conv", "ConvTranspose") else None
         attrs = {
             "groups": groups,
             "stride": tuple(node.attrs.get("strides", ())),
             "dilation": tuple(node.attrs.get("dilations", ())),
             "transposed": node.op == "ConvTranspose",
-            "bias": len(node.inputs) > 2 and bool(node.inputs[2]) and node.op in ("Conv", "ConvTranspose"),
-            "bias_input": node.inputs[2] if len(node.inputs) > 2 and node.op in ("Conv", "ConvTranspose") else None,
+            "bias": self.index.is_weight(bias) if bias else False,
+            "bias_input": bias,
         }
         if dims and len(dims) >= 3 and all(d is not None for d in dims):
             if node.op == "ConvTranspose":
