@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     rules.add_argument("--format", default="text", choices=("text", "json"))
 
     sub.add_parser("plugins", help="list the loaded plugins and what they provide")
+    parser.check_parser = check
     return parser
 
 
@@ -68,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "check")
     elif argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "check")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    if argv and argv[0] == "check":
+        # intermixed, so that options may come between paths: pwlint a.onnx --select PW001 b.onnx
+        args = parser.check_parser.parse_intermixed_args(argv[1:])
+        args.command = "check"
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         _parser().print_help()
         return 2

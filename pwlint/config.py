@@ -109,10 +109,18 @@ def find_config(start: Path) -> Path | None:
 
 
 def _has_pwlint_table(path: Path) -> bool:
+    # parsed, not searched: a comment naming [tool.pwlint] is not a table, and
+    # `[tool]` + `pwlint.select = ...` is one
     try:
-        return b"[tool.pwlint" in path.read_bytes()
-    except OSError:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
         return False
+    try:
+        tool = tomllib.loads(text).get("tool")
+    except tomllib.TOMLDecodeError:
+        # broken TOML that seems to configure pwlint is claimed, so that its error is shown
+        return "[tool.pwlint" in text
+    return isinstance(tool, dict) and "pwlint" in tool
 
 
 @dataclass

@@ -58,7 +58,10 @@ def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:  # a broken third-party plugin must not give a traceback
             raise PwlintError(f"could not load a plugin: {exc}") from exc
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:  # e.g. a misspelled hook name in a plugin
+        raise PwlintError(f"invalid plugin: {exc}") from exc
     return pm
 
 
@@ -72,17 +75,21 @@ def collect(pm: pluggy.PluginManager) -> Registry:
         (pm.hook.pwlint_register_reporters, registry.reporters, lambda r: r.name),
     )
     for caller, target, key_of in hooks:
+        owners: dict[str, str] = {}
         # called one implementation at a time so that we know which plugin gave what
         for impl in reversed(caller.get_hookimpls()):
             provided = registry.provided.setdefault(impl.plugin_name, [])
 
-            def register(item, target=target, key_of=key_of, impl=impl, provided=provided):
+            def register(item, target=target, key_of=key_of, impl=impl, provided=provided, owners=owners):
                 key = key_of(item)
                 if key in target:
+                    # name both: plugins are called last-registered first, so the
+                    # plugin already holding the key may be the one that clashes
                     raise PwlintError(
-                        f"plugin {impl.plugin_name!r} registers {key!r}, which is already registered"
+                        f"plugins {owners[key]!r} and {impl.plugin_name!r} both register {key!r}"
                     )
                 target[key] = item
+                owners[key] = impl.plugin_name
                 provided.append(key)
 
             impl.function(register=register)

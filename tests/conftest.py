@@ -128,3 +128,130 @@ def lint(path, *args: str) -> dict:
 
 def codes(report: dict) -> list[str]:
     return sorted(f["code"] for f in report["findings"])
+
+
+# Small models written with onnx.helper -------------------------------------------------
+#
+# A 3x8x8 input, one 3x3 convolution to 4 channels (padding 1, so 4x8x8), optional
+# BatchNorm and ReLU, then a classifier head over 10 classes:
+#   "flatten":    Flatten -> Gemm(256 -> 10)                          (PW001)
+#   "gap":        GlobalAveragePool -> Flatten -> Gemm(4 -> 10)        (no PW001)
+#   "reducemean": ReduceMean(axes 2,3, keepdims 0) -> Gemm(4 -> 10)   (axes: attribute < 18 <= input)
+#   "squeeze":    GlobalAveragePool -> Squeeze(axes 2,3) -> Gemm       (axes: attribute < 13 <= input)
+CNN_CHANNELS, CNN_SIDE, CNN_CLASSES = 4, 8, 10
+
+
+def cnn_model(head: str = "flatten", *, opset: int = 17, conv_bias: bool = True, norm: bool = True,
+              second_conv: bool = False, batch: int | str = 1):
+    """A small CNN as an ``onnx.ModelProto`` (checked with the ONNX checker)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c, s, k = CNN_CHANNELS, CNN_SIDE, CNN_CLASSES
+    inits, nodes = [], []
+
+    def init(name, shape):
+        inits.append(numpy_helper.from_array(np.zeros(shape, dtype=np.float32), name))
+        return name
+
+    def ints(name, values):
+        inits.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
+        return name
+
+    conv_inputs = ["x", init("conv.weight", (c, 3, 3, 3))] + ([init("conv.bias", (c,))] if conv_bias else [])
+    nodes.append(helper.make_node("Conv", conv_inputs, ["conv_out"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    last = "conv_out"
+    if norm:
+        bn = [last] + [init(f"bn.{p}", (c,)) for p in ("scale", "bias", "mean", "var")]
+        nodes.append(helper.make_node("BatchNormalization", bn, ["bn_out"], name="bn"))
+        last = "bn_out"
+    nodes.append(helper.make_node("Relu", [last], ["relu_out"], name="relu"))
+    last = "relu_out"
+    if second_conv:
+        nodes.append(helper.make_node("Conv", [last, init("conv2.weight", (c, c, 3, 3))], ["conv2_out"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", ["conv2_out"], ["relu2_out"], name="relu2"))
+        last = "relu2_out"
+    features = c * s * s if head == "flatten" else c
+    if head == "flatten":
+        nodes.append(helper.make_node("Flatten", [last], ["flat"], name="flatten", axis=1))
+    elif head == "gap":
+        nodes.append(helper.make_node("GlobalAveragePool", [last], ["pooled"], name="pool"))
+        nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten", axis=1))
+    elif head == "reducemean":
+        if opset >= 18:
+            nodes.append(helper.make_node("ReduceMean", [last, ints("axes", [2, 3])], ["flat"], name="mean", keepdims=0))
+        else:
+            nodes.append(helper.make_node("ReduceMean", [last], ["flat"], name="mean", axes=[2, 3], keepdims=0))
+    elif head == "squeeze":
+        nodes.append(helper.make_node("GlobalAveragePool", [last], ["pooled"], name="pool"))
+        if opset >= 13:
+            nodes.append(helper.make_node("Squeeze", ["pooled", ints("axes", [2, 3])], ["flat"], name="squeeze"))
+        else:
+            nodes.append(helper.make_node("Squeeze", ["pooled"], ["flat"], name="squeeze", axes=[2, 3]))
+    else:
+        raise ValueError(head)
+    gemm = ["flat", init("fc.weight", (k, features)), init("fc.bias", (k,))]
+    nodes.append(helper.make_node("Gemm", gemm, ["y"], name="fc", transB=1))
+    graph = helper.make_graph(
+        nodes, "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, s, s])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, k])],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture
+def cnn_file(tmp_path):
+    """``cnn_file(path_or_name="m.onnx", **cnn_model_kwargs)``: write :func:`cnn_model` under tmp_path."""
+    import onnx
+
+    def write(name: str | Path = "m.onnx", **kwargs) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(cnn_model(**kwargs), path)
+        return path
+
+    return write
+
+
+def one_line_error(run: Run) -> str:
+    """Assert that a run failed the way a user should see it: exit 2, one line on stderr, no traceback."""
+    assert run.code == 2, (run.code, run.out, run.err)
+    assert "Traceback" not in run.err and "Traceback" not in run.out, run.err
+    lines = run.err.splitlines()
+    assert len(lines) == 1, run.err
+    return lines[0]
+
+
+def init(name: str, *dims: int, value: float = 0.01, dtype: str = "float") -> str:
+    """An initializer in ONNX text syntax, ``float[8,3,3,3] name = {0.01, ...}``, for the
+    ``<...>`` list of an ``onnx_text`` graph (the syntax needs every value written out)."""
+    from math import prod
+
+    values = ", ".join([repr(value)] * prod(dims))
+    return f"{dtype}[{','.join(map(str, dims))}] {name} = {{{values}}}"
+
+
+def mentions(message: str, count: int) -> bool:
+    """Whether ``message`` states ``count``, written in full (``4096``) or rounded the way
+    people read it (``102.8M``, ``59.1k``): any number in the message that equals ``count``
+    to the precision it is written with."""
+    import re
+
+    scale = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}
+    for number, suffix in re.findall(r"(?<![\w.])(\d+(?:\.\d+)?)([kMG]?)(?![\w.])", message):
+        decimals = len(number.partition(".")[2])
+        unit = scale[suffix] * 10.0 ** -decimals
+        if abs(float(number) * scale[suffix] - count) <= unit / 2:
+            return True
+    return False
+
+
+def findings(report: dict, code: str) -> list[dict]:
+    """The findings of one rule in a report."""
+    return [f for f in report["findings"] if f["code"] == code]

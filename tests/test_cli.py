@@ -1,0 +1,450 @@
+"""The ``pwlint`` command as a user meets it: exit codes, file discovery, rule
+selection, output formats, rule documentation and clean failures on bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from pwlint import __version__
+from pwlint.rule import DOC_SECTIONS
+from tests.conftest import codes, lint, one_line_error, run_command, run_inprocess
+
+BUILTIN_CODES = ["PW001", "PW002", "PW003", "PW004"]
+
+
+# exit codes ---------------------------------------------------------------------------
+
+def test_findings_exit_1_and_name_the_file_and_code(pwlint, cnn_file):
+    path = cnn_file("head.onnx", head="flatten")
+    run = pwlint(str(path))
+    assert run.code == 1
+    assert run.err == ""
+    finding_lines = [line for line in run.out.splitlines() if " PW001 " in line]
+    assert len(finding_lines) == 1
+    assert finding_lines[0].startswith(f"{path}: PW001")
+
+
+def test_clean_model_exits_0(pwlint, cnn_file):
+    path = cnn_file(head="gap", conv_bias=False)
+    run = pwlint(str(path))
+    assert run.code == 0, run.out
+    assert run.err == ""
+    assert not re.search(r"PW\d{3}", run.out)
+
+
+def test_check_subcommand_is_the_default(pwlint, cnn_file):
+    path = cnn_file()
+    plain, explicit = pwlint(str(path)), pwlint("check", str(path))
+    assert plain.code == explicit.code == 1
+    assert plain.out == explicit.out
+
+
+def test_options_before_the_path_still_mean_check(pwlint, cnn_file):
+    path = cnn_file()
+    run = pwlint("--select", "PW004", str(path))
+    assert run.code == 1
+    assert "PW004" in run.out and "PW001" not in run.out
+
+
+def test_options_may_come_between_paths(pwlint, cnn_file):
+    a, b = cnn_file("a.onnx"), cnn_file("b.onnx")
+    run = pwlint(str(a), "--select", "PW004", str(b), "--format", "json")
+    assert run.code == 1, run.err
+    report = json.loads(run.out)
+    assert sorted(f["path"] for f in report["files"]) == sorted([str(a), str(b)])
+    assert codes(report) == ["PW004", "PW004"]
+
+
+def test_no_arguments_is_a_usage_error(pwlint):
+    assert pwlint().code == 2
+
+
+def test_unknown_option_is_one_line(pwlint, cnn_file):
+    line = one_line_error(pwlint(str(cnn_file()), "--no-such-flag"))
+    assert "--no-such-flag" in line
+
+
+def test_version_matches_the_package(pwlint):
+    run = pwlint("--version")
+    assert run.code == 0
+    assert run.out.strip() == f"pwlint {__version__}"
+
+
+# discovery ----------------------------------------------------------------------------
+
+def test_folders_recurse_over_known_suffixes_case_insensitively(cnn_file, tmp_path):
+    top = cnn_file("models/a.onnx")
+    upper = cnn_file("models/sub/deeper/B.ONNX")
+    cnn_file("models/.hidden/c.onnx")
+    cnn_file("models/sub/.git/d.onnx")
+    (tmp_path / "models" / "notes.txt").write_text("not a model")
+    (tmp_path / "models" / "sub" / "weights.bin").write_bytes(b"\0" * 10)
+    report = lint(tmp_path / "models")
+    linted = sorted(f["path"] for f in report["files"])
+    assert linted == sorted([str(top), str(upper)])
+    assert all(f["error"] is None for f in report["files"])
+    assert {f["path"] for f in report["findings"] if f["code"] == "PW001"} == {str(top), str(upper)}
+
+
+def test_explicitly_named_file_with_any_case_suffix_is_linted(pwlint, cnn_file):
+    path = cnn_file("MODEL.Onnx")
+    assert pwlint(str(path)).code == 1
+
+
+def test_folder_without_models_is_an_error(pwlint, tmp_path):
+    (tmp_path / "README.txt").write_text("nothing here")
+    line = one_line_error(pwlint(str(tmp_path)))
+    assert str(tmp_path) in line
+
+
+def test_same_file_twice_is_linted_once(cnn_file):
+    path = cnn_file()
+    report = lint(path, str(path))
+    assert len(report["files"]) == 1
+    assert codes(report).count("PW001") == 1
+
+
+def test_several_paths_are_all_linted(cnn_file):
+    a, b = cnn_file("a.onnx"), cnn_file("b.onnx", head="gap")
+    report = lint(a, str(b))
+    assert sorted(f["path"] for f in report["files"]) == sorted([str(a), str(b)])
+    assert {f["path"] for f in report["findings"] if f["code"] == "PW001"} == {str(a)}
+
+
+# --select / --ignore ------------------------------------------------------------------
+
+@pytest.fixture
+def all_rules_model(cnn_file):
+    """A model with PW001 and PW004, and PW002 once its limit is lowered."""
+    return cnn_file(head="flatten", conv_bias=True)
+
+
+def test_default_selection_runs_all_rules(all_rules_model):
+    assert codes(lint(all_rules_model)) == ["PW001", "PW004"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--select", "PW001"], ["PW001"]),
+        (["--select", "PW004"], ["PW004"]),
+        (["--select", "flatten-dense-head"], ["PW001"]),
+        (["--select", "PW001,PW004"], ["PW001", "PW004"]),
+        (["--select", "PW001", "--select", "PW004"], ["PW001", "PW004"]),
+        (["--select", "PW00"], ["PW001", "PW004"]),
+        (["--select", "PW"], ["PW001", "PW004"]),
+        (["--select", "ALL"], ["PW001", "PW004"]),
+        (["--select", "PW002,PW003"], []),
+        (["--ignore", "PW001"], ["PW004"]),
+        (["--ignore", "conv-bias-before-norm"], ["PW001"]),
+        (["--ignore", "PW001,PW004"], []),
+        (["--ignore", "PW001", "--ignore", "PW004"], []),
+        (["--ignore", "PW"], []),
+        # the most specific selector wins
+        (["--select", "PW001", "--ignore", "PW"], ["PW001"]),
+        (["--select", "PW", "--ignore", "PW001"], ["PW004"]),
+        (["--select", " PW001 , PW004 "], ["PW001", "PW004"]),
+    ],
+)
+def test_select_and_ignore(all_rules_model, args, expected):
+    assert codes(lint(all_rules_model, *args)) == expected
+
+
+def test_ignoring_every_finding_exits_0(pwlint, all_rules_model):
+    assert pwlint(str(all_rules_model), "--ignore", "PW001,PW004").code == 0
+
+
+@pytest.mark.parametrize("flag", ["--select", "--ignore"])
+@pytest.mark.parametrize("selector", ["PW999", "XX", "flatten-dense"])
+def test_unknown_selector_is_an_error(pwlint, all_rules_model, flag, selector):
+    line = one_line_error(pwlint(str(all_rules_model), flag, selector))
+    assert selector in line
+
+
+# --format -----------------------------------------------------------------------------
+
+def test_text_is_the_default_format(pwlint, all_rules_model):
+    assert pwlint(str(all_rules_model)).out == pwlint(str(all_rules_model), "--format", "text").out
+
+
+def test_text_format_has_one_line_per_finding(pwlint, all_rules_model):
+    run = pwlint(str(all_rules_model))
+    finding_lines = [line for line in run.out.splitlines() if line.startswith(f"{all_rules_model}:")]
+    assert len(finding_lines) == 2
+    assert any("PW001" in line and "warning" in line for line in finding_lines)
+    assert any("PW004" in line for line in finding_lines)
+
+
+@pytest.mark.parametrize("fmt", ["xml", "JSON ", ""])
+def test_unknown_format_is_one_line(pwlint, all_rules_model, fmt):
+    run = pwlint(str(all_rules_model), "--format", fmt)
+    line = one_line_error(run)
+    assert "format" in line
+    assert run.out == ""
+
+
+TOP_KEYS = {"version", "files", "findings"}
+FILE_KEYS = {"path", "format", "error"}
+FINDING_KEYS = {"path", "code", "rule", "severity", "message", "nodes", "fix"}
+
+
+def check_json_contract(report: dict) -> None:
+    assert set(report) == TOP_KEYS
+    assert report["version"] == __version__
+    assert isinstance(report["files"], list) and isinstance(report["findings"], list)
+    for file in report["files"]:
+        assert set(file) == FILE_KEYS
+        assert isinstance(file["path"], str)
+        assert file["format"] is None or isinstance(file["format"], str)
+        assert file["error"] is None or isinstance(file["error"], str)
+    for finding in report["findings"]:
+        assert set(finding) == FINDING_KEYS
+        for key in ("path", "code", "rule", "message"):
+            assert isinstance(finding[key], str) and finding[key], key
+        assert re.fullmatch(r"[A-Z]+\d{3,4}", finding["code"])
+        assert finding["severity"] in ("info", "warning", "error")
+        assert isinstance(finding["nodes"], list)
+        assert all(isinstance(node, str) for node in finding["nodes"])
+        if finding["fix"] is not None:
+            assert set(finding["fix"]) == {"applicability", "description"}
+            assert finding["fix"]["applicability"] in ("safe", "unsafe")
+            assert isinstance(finding["fix"]["description"], str)
+
+
+def test_json_matches_the_contract(pwlint, all_rules_model):
+    run = pwlint(str(all_rules_model), "--format", "json")
+    assert run.code == 1
+    report = json.loads(run.out)
+    check_json_contract(report)
+    assert report["files"] == [{"path": str(all_rules_model), "format": "onnx", "error": None}]
+    by_code = {f["code"]: f for f in report["findings"]}
+    assert sorted(by_code) == ["PW001", "PW004"]
+    head = by_code["PW001"]
+    assert head["path"] == str(all_rules_model)
+    assert head["rule"] == "flatten-dense-head"
+    assert head["severity"] == "warning"
+    # the source names of the layers, as written in the file
+    assert head["nodes"] == ["flatten", "fc"]
+    assert by_code["PW004"]["nodes"] == ["conv", "bn"]
+    assert by_code["PW004"]["rule"] == "conv-bias-before-norm"
+
+
+def test_json_of_a_clean_model(pwlint, cnn_file):
+    run = pwlint(str(cnn_file(head="gap", conv_bias=False)), "--format", "json")
+    assert run.code == 0
+    report = json.loads(run.out)
+    check_json_contract(report)
+    assert report["findings"] == []
+
+
+def test_json_reports_unreadable_files_in_files(pwlint, cnn_file, tmp_path):
+    good = cnn_file("good.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    run = pwlint(str(good), str(bad), "--format", "json")
+    assert run.code == 2
+    report = json.loads(run.out)
+    check_json_contract(report)
+    files = {f["path"]: f for f in report["files"]}
+    assert files[str(good)]["error"] is None
+    assert files[str(bad)]["error"] and str(bad) in files[str(bad)]["error"]
+    assert {f["path"] for f in report["findings"]} == {str(good)}
+    assert len(run.err.splitlines()) == 1
+
+
+# --exit-zero and --fail-on ------------------------------------------------------------
+
+@pytest.fixture
+def info_only_model(cnn_file):
+    """No normalisation anywhere and two stacked convs: PW003's single info finding."""
+    return cnn_file("info.onnx", head="gap", norm=False, second_conv=True)
+
+
+def test_info_model_has_only_info_findings(info_only_model):
+    report = lint(info_only_model)
+    assert report["findings"] and {f["severity"] for f in report["findings"]} == {"info"}
+
+
+def test_exit_zero_with_findings(pwlint, all_rules_model):
+    run = pwlint(str(all_rules_model), "--exit-zero")
+    assert run.code == 0
+    assert "PW001" in run.out
+
+
+def test_exit_zero_does_not_hide_load_errors(pwlint, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"")
+    one_line_error(pwlint(str(bad), "--exit-zero"))
+
+
+@pytest.mark.parametrize(
+    "model, fail_on, expected",
+    [
+        ("warnings", None, 1),
+        ("warnings", "warning", 1),
+        ("warnings", "info", 1),
+        ("warnings", "error", 0),
+        ("info", None, 0),
+        ("info", "warning", 0),
+        ("info", "info", 1),
+        ("info", "error", 0),
+        ("clean", "info", 0),
+    ],
+)
+def test_fail_on(pwlint, all_rules_model, info_only_model, cnn_file, model, fail_on, expected):
+    path = {"warnings": all_rules_model, "info": info_only_model}.get(model) or cnn_file("clean.onnx", head="gap", conv_bias=False)
+    args = [str(path)] + (["--fail-on", fail_on] if fail_on else [])
+    run = pwlint(*args)
+    assert run.code == expected, run.out
+    # the findings are shown whatever the exit code
+    if model != "clean":
+        assert re.search(r"PW\d{3}", run.out)
+
+
+def test_fail_on_rejects_unknown_severity(pwlint, all_rules_model):
+    line = one_line_error(pwlint(str(all_rules_model), "--fail-on", "loud"))
+    assert "loud" in line
+
+
+# rule documentation -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["PW001", "pw001", "flatten-dense-head"])
+def test_rule_prints_its_documentation(pwlint, name):
+    run = pwlint("rule", name)
+    assert run.code == 0
+    assert "PW001" in run.out and "flatten-dense-head" in run.out
+    positions = [run.out.find(section) for section in DOC_SECTIONS]
+    assert all(p >= 0 for p in positions), run.out
+    assert positions == sorted(positions)
+    assert "Flatten" in run.out
+
+
+def test_rule_shows_options_with_their_defaults(pwlint):
+    run = pwlint("rule", "PW002")
+    assert run.code == 0
+    assert "max-params" in run.out
+    assert "4194304" in run.out.replace("_", "").replace(",", "")
+
+
+@pytest.mark.parametrize("code", BUILTIN_CODES)
+def test_every_builtin_rule_has_documentation(pwlint, code):
+    run = pwlint("rule", code)
+    assert run.code == 0
+    for section in DOC_SECTIONS:
+        assert section in run.out
+
+
+def test_unknown_rule_is_one_line(pwlint):
+    line = one_line_error(pwlint("rule", "nope"))
+    assert "nope" in line
+
+
+def test_rules_lists_every_rule(pwlint):
+    run = pwlint("rules")
+    assert run.code == 0
+    lines = [line for line in run.out.splitlines() if line.strip()]
+    assert [line.split()[0] for line in lines] == BUILTIN_CODES
+    assert "flatten-dense-head" in lines[0]
+
+
+def test_rules_as_json(pwlint):
+    run = pwlint("rules", "--format", "json")
+    assert run.code == 0
+    rules = json.loads(run.out)
+    assert [r["code"] for r in rules] == BUILTIN_CODES
+    assert {r["code"]: r["name"] for r in rules}["PW002"] == "oversized-dense"
+    assert all(r["severity"] in ("info", "warning", "error") and r["summary"] for r in rules)
+
+
+# unreadable input: one line on stderr, exit 2, no traceback, through the real command ---
+
+@pytest.fixture(scope="module")
+def exported_bytes(exported):
+    return exported("lenet", "legacy").read_bytes()
+
+
+def _bad_file(kind: str, folder, exported_bytes: bytes):
+    path = folder / f"{kind}.onnx"
+    if kind.startswith("cut-"):
+        data = exported_bytes
+        point = {"cut-1": 1, "cut-2": 2, "cut-10pct": len(data) // 10, "cut-half": len(data) // 2,
+                 "cut-90pct": len(data) * 9 // 10, "cut-last-byte": len(data) - 1}[kind]
+        path.write_bytes(data[:point])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("This is a README, not a model.\nSecond line.\n")
+    elif kind == "json":
+        path.write_text('{"ir_version": 8, "graph": {}}')
+    elif kind == "random":
+        path.write_bytes(random.Random(0).randbytes(4096))
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "missing":
+        pass
+    else:
+        raise ValueError(kind)
+    return path
+
+
+BAD_KINDS = ["cut-1", "cut-2", "cut-10pct", "cut-half", "cut-90pct", "cut-last-byte",
+             "empty", "text", "json", "random", "directory", "missing"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_unreadable_file_is_one_line_in_process(tmp_path, exported_bytes, kind):
+    path = _bad_file(kind, tmp_path, exported_bytes)
+    line = one_line_error(run_inprocess(str(path)))
+    assert line.startswith("pwlint: error:")
+    assert path.name in line
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_unreadable_file_is_one_line_as_a_command(tmp_path, exported_bytes, kind):
+    path = _bad_file(kind, tmp_path, exported_bytes)
+    line = one_line_error(run_command(str(path)))
+    assert line.startswith("pwlint: error:")
+    assert path.name in line
+
+
+def test_the_intact_export_lints(exported):
+    # the files above are cut from a model that is itself fine
+    assert "PW001" in codes(lint(exported("lenet", "legacy")))
+
+
+def test_unsupported_suffix_is_one_line(pwlint, tmp_path):
+    path = tmp_path / "model.h5"
+    path.write_bytes(b"\x89HDF\r\n")
+    line = one_line_error(pwlint(str(path)))
+    assert "model.h5" in line
+
+
+def test_good_and_bad_file_together(tmp_path, cnn_file):
+    good = cnn_file("good.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08")
+    run = run_command(str(good), str(bad))
+    line = one_line_error(run)
+    assert "bad.onnx" in line
+    assert f"{good}: PW001" in run.out
+
+
+def test_bad_file_in_a_folder_does_not_stop_the_others(tmp_path, cnn_file):
+    good = cnn_file("models/good.onnx")
+    (tmp_path / "models" / "broken.onnx").write_bytes(b"")
+    report_run = run_inprocess(str(tmp_path / "models"), "--format", "json")
+    assert report_run.code == 2
+    report = json.loads(report_run.out)
+    assert {f["path"] for f in report["findings"]} == {str(good)}
+    assert len(report_run.err.splitlines()) == 1
+
+
+def test_command_runs_a_real_lint(cnn_file):
+    path = cnn_file()
+    run = run_command(str(path), "--format", "json")
+    assert run.code == 1, run.err
+    check_json_contract(json.loads(run.out))
