@@ -1,12 +1,13 @@
 """PW004 conv-bias-before-norm: a convolution's bias that the next BatchNorm cancels.
 
 ## What it does
-Finds a convolution with a bias whose output goes only into a BatchNorm
-(Dropout, Identity and Cast in between are seen through).
+Finds a convolution with a bias whose output goes only into a BatchNorm or an
+InstanceNorm (Dropout, Identity and Cast in between are seen through).
 
 ## Why is this bad
-BatchNorm subtracts the per-channel mean of its input, and a per-channel bias
-shifts that mean by exactly the bias: the bias has no effect on the output. Its
+BatchNorm and InstanceNorm subtract the per-channel mean of their input, and a
+per-channel bias shifts that mean by exactly the bias: the bias has no effect
+on the output. Its
 parameters are stored, loaded and trained for nothing, and its gradient is
 noise.
 
@@ -30,19 +31,22 @@ from pwlint.ir import ModelGraph
 from pwlint.rule import NoOptions, Rule
 from pwlint.walk import sole_consumer
 
+#: normalisations that subtract a per-channel mean (GroupNorm and LayerNorm mix channels)
+CANCELLING_NORMS = {"batch": "BatchNorm", "instance": "InstanceNorm"}
+
 
 def check(graph: ModelGraph, options: NoOptions):
     for conv in graph.layers("conv"):
         if not conv.attrs.get("bias"):
             continue
         norm = sole_consumer(graph, conv)
-        if norm is None or norm.kind != "norm" or norm.attrs.get("norm_type") != "batch":
+        if norm is None or norm.kind != "norm" or norm.attrs.get("norm_type") not in CANCELLING_NORMS:
             continue
         bias = conv.attrs.get("out_channels")
         count = f"{bias} " if bias else ""
         yield Finding(
             message=(
-                f"conv {conv.name} has a bias of {count}parameters that BatchNorm {norm.name} "
+                f"conv {conv.name} has a bias of {count}parameters that {CANCELLING_NORMS[norm.attrs['norm_type']]} {norm.name} "
                 "cancels by subtracting the mean; drop the bias"
             ),
             nodes=[conv.name, norm.name],

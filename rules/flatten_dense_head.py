@@ -108,15 +108,16 @@ def _finding(graph: ModelGraph, flat: Layer, dense: Layer, shape: tuple, layout:
     head = _head(graph, dense)
     head_params = sum(layer.params for layer in head)
     units = dense.attrs.get("out_features")
+    features = prod(shape[1:])
     message = (
-        f"{flat.name} flattens a {chans}x{'x'.join(map(str, positions))} feature map into "
-        f"dense layer {dense.name}"
+        f"{flat.op} '{flat.name}' turns a {chans}x{'x'.join(map(str, positions))} feature map "
+        f"into dense layer '{dense.name}'"
     )
     if units and chans:
         pointwise_first = chans * units + (units if dense.attrs.get("bias") else 0)
         pointwise = head_params - dense.params + pointwise_first
         message += (
-            f" ({human(prod(shape[1:]))} -> {units}); the head has {human(head_params)} parameters, "
+            f" ({features} -> {units}); the head has {human(head_params)} parameters, "
             f"a global-pool + pointwise (1x1 conv) head would have {human(pointwise)} "
             f"({ratio(head_params, pointwise)} fewer)"
         )

@@ -48,6 +48,8 @@ GATES = frozenset({"sigmoid", "hard_sigmoid"})
 def _passes(layer: Layer) -> bool:
     if layer.kind == "act" and layer.attrs.get("activation") in GATES:
         return False
+    if layer.kind == "pool" and spatial_size(layer.output_shape, layer.layout) == 1:
+        return False  # a pool over the whole map (GoogLeNet's head) is global pooling
     return layer.kind in PASS_KINDS or is_transparent(layer) or layer.kind == "transpose"
 
 
@@ -56,12 +58,18 @@ def _on_single_position(conv: Layer) -> bool:
 
 
 def _feeds_gate(graph: ModelGraph, conv: Layer) -> bool:
-    """Squeeze-excite: the conv's output goes (through activations) into a sigmoid gate."""
+    """Squeeze-excite: the conv's output goes (through activations) into a sigmoid
+    that scales another tensor. ``x * hard_sigmoid(x)`` (a written-out HardSwish)
+    scales the conv's own output, so it is an activation, not a gate."""
     through = lambda l: (l.kind == "act" and l.attrs.get("activation") not in GATES) or is_transparent(l)
-    return any(
-        layer.kind == "act" and layer.attrs.get("activation") in GATES
-        for layer, _ in downstream(graph, conv, through)
-    )
+    for layer, path in downstream(graph, conv, through):
+        if layer.kind != "act" or layer.attrs.get("activation") not in GATES:
+            continue
+        own = set(path[:-1])
+        for consumer in graph.consumers(layer):
+            if consumer.kind == "mul" and not any(p.name in own for p in graph.producers(consumer)):
+                return True
+    return False
 
 
 def _unnormalised_successor(graph: ModelGraph, conv: Layer) -> Layer | None:

@@ -75,10 +75,12 @@ BN = "BatchNormalization (c, bn, bn, bn, bn)"
                       " [ln] l = LayerNormalization <axis = -1> (t, ln, ln)\n"
                       " [to_nchw] y = Transpose <perm = [0, 3, 1, 2]> (l)", False),
         ("(x, w, b)", "[ln] y = LayerNormalization <axis = 1> (c, ln3, ln3)", False),
+        ("(x, w, b)", "[bn] y = InstanceNormalization (c, bn, bn)", True),
     ],
     ids=[
         "conv-bn", "conv-identity-dropout-bn", "no-bias", "computed-zero-bias", "relu-before-bn",
         "output-also-feeds-add", "channels-last-layer-norm", "layer-norm-over-chw",
+        "instance-norm",
     ],
 )
 def test_conv_bias_then_norm(onnx_text, inputs, after, reported):

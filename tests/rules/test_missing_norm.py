@@ -241,3 +241,34 @@ def test_final_conv_before_global_pooling_is_not_reported(onnx_text, head, outpu
     }}
     """)
     assert "PW003" not in codes(lint(path))
+
+
+def test_written_out_hardswish_is_an_activation_not_a_gate(onnx_text):
+    """conv1 -> x * HardSigmoid(x) (HardSwish before opset 14) -> conv2: the sigmoid scales
+    the conv's own output, so conv1 is no squeeze-excite conv and is reported."""
+    between = "[hsig1] g = HardSigmoid (c1)\n [hswish1] h = Mul (c1, g)"
+    (finding,) = findings(lint(onnx_text(_two_convs(between))), "PW003")
+    assert finding["nodes"] == ["conv1", "conv2"]
+
+
+@pytest.mark.parametrize("kernel, reported", [(12, False), (2, True)], ids=["whole-map", "2x2"])
+def test_average_pool_over_the_whole_map_ends_the_walk_like_global_pooling(onnx_text, kernel, reported):
+    """GoogLeNet ends with AveragePool(7x7) on a 7x7 map: the conv before it is the last one."""
+    path = onnx_text(f"""
+    {OPSET}
+    pooled (float[1,3,12,12] x) => (float[1,10] y)
+    <{init("w1", 8, 3, 3, 3)}, {init("bn", 8, value=1.0)}, {init("w2", 8, 8, 3, 3)},
+     {init("fc_w", 10, 8 * (12 // kernel) ** 2)}, {init("fc_b", 10)}>
+    {{
+        [conv1] c1 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1)
+        [bn1] n1 = BatchNormalization (c1, bn, bn, bn, bn)
+        [relu1] r1 = Relu (n1)
+        [conv2] c2 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (r1, w2)
+        [relu2] r2 = Relu (c2)
+        [pool] p = AveragePool <kernel_shape = [{kernel}, {kernel}], strides = [{kernel}, {kernel}]> (r2)
+        [flatten] f = Flatten (p)
+        [fc] y = Gemm <transB = 1> (f, fc_w, fc_b)
+    }}
+    """)
+    found = [f["nodes"] for f in findings(lint(path), "PW003")]
+    assert found == ([["conv2", "fc"]] if reported else [])
