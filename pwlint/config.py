@@ -155,9 +155,11 @@ class ConfigResolver:
         if config is not None:
             file_settings, _ = read_config_file(config)
         o = self.overrides
+        # as in ruff, a --select on the command line starts a new selection: the
+        # file's select and ignore give way to it, and only --ignore is kept
         return Settings(
             select=o.select if o.select is not None else file_settings.select,
-            ignore=file_settings.ignore + o.ignore,
+            ignore=o.ignore if o.select is not None else file_settings.ignore + o.ignore,
             fail_on=o.fail_on or file_settings.fail_on,
             per_file_ignores=file_settings.per_file_ignores,
             rules=file_settings.rules,

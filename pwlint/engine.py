@@ -59,12 +59,13 @@ class LintResult:
 
 
 def matches(selector: str, rule: Rule) -> int:
-    """How specifically ``selector`` names ``rule``: 0 not at all, higher is more specific."""
-    if selector == "ALL":
+    """How specifically ``selector`` names ``rule``: 0 not at all, higher is more specific.
+    Codes and prefixes are case-insensitive (``pw001`` is ``PW001``)."""
+    if selector.upper() == "ALL":
         return 1
-    if selector == rule.name or selector == rule.code:
+    if selector == rule.name or selector.upper() == rule.code:
         return 100
-    if rule.code.startswith(selector):
+    if rule.code.startswith(selector.upper()):
         return 1 + len(selector)
     return 0
 

@@ -313,6 +313,19 @@ def test_select_flag_replaces_configured_select(model, project):
     assert codes(lint(model, "--select", "PW001")) == ["PW001"]
 
 
+def test_select_flag_wins_over_configured_ignore(model, project):
+    """As in ruff: asking for a rule on the command line shows it even if the file ignores it."""
+    pwlint_toml(project, 'ignore = ["PW001", "PW004"]')
+    assert "PW001" not in codes(lint(model))
+    assert codes(lint(model, "--select", "PW001")) == ["PW001"]
+    assert codes(lint(model, "--select", "PW001,PW004", "--ignore", "PW004")) == ["PW001"]
+
+
+def test_selectors_are_case_insensitive(model, project):
+    pwlint_toml(project, 'select = ["pw00"]\nignore = ["pw004"]')
+    assert codes(lint(model)) == ["PW001"]
+
+
 def test_ignore_flag_adds_to_configured_ignore(model, project):
     pwlint_toml(project, 'ignore = ["PW004"]\n[rules.PW002]\nmax-params = 10\n')
     assert codes(lint(model)) == ["PW001", "PW002"]

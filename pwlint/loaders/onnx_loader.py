@@ -123,7 +123,7 @@ class _Builder:
 
     def _layer(self, kind_hint: str | None, nodes: list[Node]) -> Layer:
         first = nodes[0]
-        name = _unique(first.name or f"{first.op}_{first.index}", self.used)
+        name = _unique(first.display_name, self.used)
         inputs, outputs = self._group_io(nodes)
         data_inputs = [t for t in inputs if t not in self.model.constants]
         params = 0
@@ -147,7 +147,7 @@ class _Builder:
             attrs=attrs, params=params,
             input_shapes=[self.model.shapes.get(t) for t in data_inputs],
             output_shapes=[self.model.shapes.get(t) for t in outputs],
-            layout="NCHW", members=tuple(n.name for n in nodes), source=nodes,
+            layout="NCHW", members=(name, *(n.display_name for n in nodes[1:])), source=nodes,
         )
 
     def _describe(self, kind_hint: str | None, nodes: list[Node], data_inputs: list[str]) -> tuple[str, dict]:

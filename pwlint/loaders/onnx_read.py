@@ -30,6 +30,13 @@ class Node:
     attrs: dict
     proto: object
     graph_depth: int = 0
+    #: position in its own graph's node list, Constant nodes included
+    position: int = 0
+
+    @property
+    def display_name(self) -> str:
+        """The name as written in the file, or ``<OpType>_<position>`` for an unnamed node."""
+        return self.name or f"{self.op}_{self.position}"
 
 
 @dataclass
@@ -173,7 +180,7 @@ def read_onnx(path: str) -> OnnxModel:
     result.inputs = [i.name for i in model.graph.input if i.name not in initializer_names]
     result.outputs = [o.name for o in model.graph.output]
     for graph, depth in sorted(all_graphs, key=lambda item: item[1]):
-        for node in graph.node:
+        for position, node in enumerate(graph.node):
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 _record_constant(node, result)
                 continue
@@ -181,7 +188,7 @@ def read_onnx(path: str) -> OnnxModel:
                 Node(
                     index=len(result.nodes), name=node.name, op=node.op_type,
                     domain=node.domain, inputs=list(node.input), outputs=list(node.output),
-                    attrs=_attributes(node), proto=node, graph_depth=depth,
+                    attrs=_attributes(node), proto=node, graph_depth=depth, position=position,
                 )
             )
     return result
