@@ -154,7 +154,8 @@ def _show_rule(registry, code: str) -> int:
     if options:
         print("\n## Options")
         for field_name, info in options.items():
-            print(f"- `{field_name.replace('_', '-')}` (default {info.default!r})")
+            description = f": {info.description}" if info.description else ""
+            print(f"- `{field_name.replace('_', '-')}` (default {info.default!r}){description}")
     return 0
 
 

@@ -63,11 +63,12 @@ class Settings:
         return codes
 
 
-def _describe(error: ValidationError, table: str) -> str:
+def describe_validation_error(error: ValidationError, table: str, unknown: str = "key") -> str:
+    """One line naming the offending key of a pydantic error."""
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(table)"
     if first["type"] == "extra_forbidden":
-        return f"{table}: unknown key '{key}'"
+        return f"{table}: unknown {unknown} '{key}'"
     return f"{table}: invalid value for '{key}': {first['msg']}"
 
 
@@ -91,7 +92,7 @@ def read_config_file(path: Path) -> tuple[FileSettings, bool]:
     try:
         return FileSettings.model_validate(section), True
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, table)) from None
+        raise ConfigError(describe_validation_error(exc, table)) from None
 
 
 def find_config(start: Path) -> Path | None:

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from pydantic import ValidationError
 
-from pwlint.config import ConfigResolver, Settings
+from pwlint.config import ConfigResolver, Settings, describe_validation_error
 from pwlint.errors import ConfigError, PwlintError
 from pwlint.findings import Finding, Severity
 from pwlint.plugins import Registry
@@ -110,11 +110,8 @@ class RuleSet:
             try:
                 options = rule.options.model_validate(raw)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                key = ".".join(str(p) for p in first["loc"])
-                if first["type"] == "extra_forbidden":
-                    raise ConfigError(f"{where}: [rules.{rule.code}] unknown option '{key}'") from None
-                raise ConfigError(f"{where}: [rules.{rule.code}] invalid value for '{key}': {first['msg']}") from None
+                table = f"{where}: [rules.{rule.code}]"
+                raise ConfigError(describe_validation_error(exc, table, unknown="option")) from None
             if is_enabled(rule, settings.select, settings.ignore):
                 self.rules.append((rule, options, severity))
 

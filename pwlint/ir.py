@@ -79,7 +79,8 @@ class ModelGraph:
     """A directed graph of :class:`Layer` objects; an edge is a tensor.
 
     Edges run from the producing layer to each consuming layer and carry the
-    tensor names (``tensors``) and the shape of the first of them (``shape``).
+    tensor names (``tensors``), the shape of the first of them (``shape``) and
+    whether one of them is the consumer's data input (``data``).
     """
 
     def __init__(self, path: str = "", fmt: str = "") -> None:
@@ -98,11 +99,15 @@ class ModelGraph:
         self.graph.add_node(layer.name, layer=layer)
         return layer
 
-    def connect(self, producer: str, consumer: str, tensor: str, shape: Shape | None) -> None:
+    def connect(self, producer: str, consumer: str, tensor: str, shape: Shape | None, data: bool = False) -> None:
+        """Record that ``consumer`` reads ``tensor`` made by ``producer``; ``data`` marks the
+        consumer's first non-constant input, the one walks follow upstream."""
         if self.graph.has_edge(producer, consumer):
-            self.graph.edges[producer, consumer]["tensors"].append(tensor)
+            edge = self.graph.edges[producer, consumer]
+            edge["tensors"].append(tensor)
+            edge["data"] = edge["data"] or data
         else:
-            self.graph.add_edge(producer, consumer, tensors=[tensor], shape=shape)
+            self.graph.add_edge(producer, consumer, tensors=[tensor], shape=shape, data=data)
 
     # reading ------------------------------------------------------------
     def __len__(self) -> int:
@@ -128,8 +133,8 @@ class ModelGraph:
 
     def data_producer(self, layer: Layer) -> Layer | None:
         """The layer that feeds this layer's first (data) input, if any."""
-        name = layer.attrs.get("data_input")
-        if name is not None and name in self.graph:
-            return self.layer(name)
         preds = list(self.graph.predecessors(layer.name))
+        for pred in preds:
+            if self.graph.edges[pred, layer.name]["data"]:
+                return self.layer(pred)
         return self.layer(preds[0]) if len(preds) == 1 else None

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from math import prod
 
+from pydantic import Field
+
 from pwlint.findings import Finding, Severity
 from pwlint.ir import Layer, ModelGraph
 from pwlint.rule import Rule, RuleOptions
@@ -45,8 +47,9 @@ HEAD_KINDS = frozenset({"act", "dropout", "identity", "norm"})
 
 
 class Options(RuleOptions):
-    #: report only when the flattened map has at least this many positions (H*W)
-    min_positions: int = 2
+    min_positions: int = Field(
+        default=2, ge=1, description="report only flattened maps with at least this many positions (H*W)"
+    )
 
 
 def _feature_source(graph: ModelGraph, flat: Layer) -> tuple[Layer | None, int]:

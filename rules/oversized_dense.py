@@ -37,8 +37,9 @@ from pwlint.units import human
 
 
 class Options(RuleOptions):
-    #: a dense layer with more parameters than this is reported
-    max_params: int = Field(default=4_194_304, ge=0)
+    max_params: int = Field(
+        default=4_194_304, ge=0, description="report dense layers with more parameters than this"
+    )
 
 
 def check(graph: ModelGraph, options: Options):

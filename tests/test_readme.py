@@ -62,11 +62,11 @@ def test_rule_table_matches_the_rules_docstrings():
     assert rows == expected
 
 
-def test_option_table_lists_every_rule_option_with_its_default():
+def test_option_table_lists_every_rule_option_with_its_default_and_meaning():
     section = _section("Configuration")
-    documented = set(re.findall(r"^\| (PW\d+) \| `([a-z-]+)` \| (\S+) \|", section, re.M))
+    documented = set(re.findall(r"^\| (PW\d+) \| `([a-z-]+)` \| (\S+) \| (.*?) \|$", section, re.M))
     actual = {
-        (rule.code, name.replace("_", "-"), str(field.default))
+        (rule.code, name.replace("_", "-"), str(field.default), field.description)
         for rule in _builtin_rules()
         for name, field in rule.options.model_fields.items()
     }

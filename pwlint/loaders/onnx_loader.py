@@ -86,12 +86,12 @@ class _Builder:
                     if out:
                         self.producer_layer[out] = layer.name
         for layer in layers:
-            self._connect(layer, layer.source)
+            self._connect(layer)
         for name in self.model.outputs:
             out = Layer(_unique(name, self.used), "output", "Output", input_shapes=[self.model.shapes.get(name)], layout="NCHW")
             self.graph.add_layer(out)
             if name in self.producer_layer:
-                self.graph.connect(self.producer_layer[name], out.name, name, self.model.shapes.get(name))
+                self.graph.connect(self.producer_layer[name], out.name, name, self.model.shapes.get(name), data=True)
         self.graph.total_params = sum(self.trainable.values())
         return self.graph
 
@@ -228,17 +228,14 @@ class _Builder:
         normalised = sorted(a % rank for a in axes)
         return normalised == list(range(2, rank))
 
-    def _connect(self, layer: Layer, nodes: list[Node]) -> None:
-        data_input = None
-        for tensor in layer.attrs["inputs"]:
+    def _connect(self, layer: Layer) -> None:
+        inputs = layer.attrs["inputs"]
+        data_tensor = next((t for t in inputs if t not in self.model.constants), None)
+        for tensor in inputs:
             producer = self.producer_layer.get(tensor)
-            if producer is None:
-                continue
-            self.graph.connect(producer, layer.name, tensor, self.model.shapes.get(tensor))
-            if data_input is None and tensor not in self.model.constants:
-                data_input = producer
-        layer.attrs["data_input"] = data_input
-        layer.source = nodes
+            if producer is not None:
+                shape = self.model.shapes.get(tensor)
+                self.graph.connect(producer, layer.name, tensor, shape, data=tensor == data_tensor)
 
 
 def _is_layout_perm(perm) -> bool:
