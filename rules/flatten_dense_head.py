@@ -120,10 +120,12 @@ def _finding(graph: ModelGraph, flat: Layer, dense: Layer, shape: tuple, layout:
         pointwise_first = chans * units + (units if dense.attrs.get("bias") else 0)
         pointwise = head_params - dense.params + pointwise_first
         message += (
-            f" ({features} -> {units}); the head has {human(head_params)} parameters, "
-            f"a global-pool + pointwise (1x1 conv) head would have {human(pointwise)} "
-            f"({ratio(head_params, pointwise)} fewer)"
+            f" ({features} -> {units}, {human(dense.params)} parameters); after global pooling, as a "
+            f"pointwise (1x1) conv it would have {human(pointwise_first)} "
+            f"({ratio(dense.params, pointwise_first)} fewer)"
         )
+        if len(head) > 1:
+            message += f", and the head {human(pointwise)} instead of {human(head_params)}"
     return Finding(message=message, nodes=[flat.name, dense.name])
 
 
