@@ -17,7 +17,7 @@ from pwlint.loaders.onnx_patterns import (
     dense_groups,
     frozen_batchnorm_groups,
 )
-from pwlint.loaders.onnx_read import FLOAT_TYPES, Node, OnnxModel, read_onnx
+from pwlint.loaders.onnx_read import FLOAT_TYPES, Node, OnnxModel, describe_model, read_onnx
 
 OP_KINDS = {
     "Conv": "conv", "ConvTranspose": "conv", "ConvInteger": "conv", "QLinearConv": "conv",
@@ -251,6 +251,11 @@ def _is_layout_perm(perm) -> bool:
 
 def load(path: str) -> ModelGraph:
     return _Builder(read_onnx(path), path).build()
+
+
+def load_proto(model, path: str = "") -> ModelGraph:
+    """The graph of an in-memory ModelProto (used to lint a model again after fixing it)."""
+    return _Builder(describe_model(model), path).build()
 
 
 class OnnxLoader:

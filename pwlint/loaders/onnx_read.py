@@ -96,10 +96,29 @@ def _tensor_values(tensor) -> list | None:
         return None
 
 
-def _strip_payload(tensor) -> None:
-    """Drop a weight's bytes so that shape inference does not copy them around."""
-    for name in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
-        tensor.ClearField(name)
+def _shapes_only_copy(model):
+    """A copy of ``model`` for shape inference: weights keep their dims and type but not
+    their bytes, so inference does not serialise hundreds of megabytes it never reads."""
+    import onnx
+
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    for init in model.graph.initializer:
+        if prod(init.dims) > SMALL_TENSOR or init.data_location == onnx.TensorProto.EXTERNAL:
+            stub = graph.initializer.add()
+            stub.name, stub.data_type = init.name, init.data_type
+            stub.dims.extend(init.dims)
+        else:
+            graph.initializer.append(init)
+    return light
 
 
 def _shape_of(type_proto) -> tuple | None:
@@ -127,16 +146,20 @@ def _attributes(node) -> dict:
 
 
 def read_onnx(path: str) -> OnnxModel:
+    return describe_model(parse_file(path))
+
+
+def describe_model(model) -> OnnxModel:
+    """Nodes, constants and shapes of an in-memory ModelProto, which is left unchanged."""
     import onnx
     from onnx import AttributeProto
 
-    model = parse_file(path)
     result = OnnxModel(proto=model)
     result.opset = next(
         (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
     )
 
-    # Pass 1: constants, and strip weight payloads everywhere (main graph and subgraphs).
+    # Pass 1: constants of every graph (main graph and subgraphs).
     graphs = [(model.graph, 0)]
     all_graphs = []
     while graphs:
@@ -144,8 +167,6 @@ def read_onnx(path: str) -> OnnxModel:
         all_graphs.append((graph, depth))
         for init in graph.initializer:
             result.constants[init.name] = Tensor(tuple(init.dims), init.data_type, _tensor_values(init))
-            if prod(init.dims) > SMALL_TENSOR:
-                _strip_payload(init)
         for node in graph.node:
             for attr in node.attribute:
                 if attr.type == AttributeProto.GRAPH:
@@ -154,7 +175,7 @@ def read_onnx(path: str) -> OnnxModel:
                     graphs.extend((g, depth + 1) for g in attr.graphs)
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_shapes_only_copy(model), strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: unknown shapes make rules abstain
         inferred = model
 
