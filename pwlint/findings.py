@@ -22,11 +22,24 @@ _RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
 
 @dataclass(frozen=True)
 class Fix:
+    """A format-neutral rewrite plan that a format's fix backend carries out.
+
+    ``action`` names the rewrite (``convolutionalise-head``, ``pool-pointwise-head``,
+    ``fold-bias-into-norm``, ``factorise-dense``); ``plan`` holds the layer names and
+    numbers it needs. ``blocked`` says why the fix cannot apply to this graph, if it can't.
+    """
+
     applicability: Literal["safe", "unsafe"]
     description: str
+    action: str = ""
+    plan: dict = field(default_factory=dict, compare=False)
+    blocked: str | None = None
 
     def to_json(self) -> dict:
-        return {"applicability": self.applicability, "description": self.description}
+        description = self.description
+        if self.blocked:
+            description += f" (cannot be applied here: {self.blocked})"
+        return {"applicability": self.applicability, "description": description}
 
 
 @dataclass
@@ -40,10 +53,23 @@ class Finding:
     message: str
     nodes: list[str] = field(default_factory=list)
     severity: Severity | None = None
-    fix: Fix | None = None
+    #: the ways to fix it, most conservative first (PW001 offers a safe and an unsafe one)
+    fixes: list[Fix] = field(default_factory=list)
     code: str = ""
     rule: str = ""
     path: str = ""
+    #: whether unsafe fixes are allowed in this run; decides which fix is shown
+    unsafe_allowed: bool = False
+
+    @property
+    def fix(self) -> Fix | None:
+        """The fix ``--fix`` would apply: with ``--unsafe-fixes`` the most thorough one,
+        otherwise the first safe one; an unsafe-only fix is still shown, as ruff does."""
+        if not self.fixes:
+            return None
+        if self.unsafe_allowed:
+            return self.fixes[-1]
+        return next((f for f in self.fixes if f.applicability == "safe"), self.fixes[0])
 
     def to_json(self) -> dict:
         return {

@@ -40,3 +40,15 @@ def pwlint_register_reporters(register):
     A reporter has ``name`` (the ``--format`` value) and
     ``report(result, stream)``, where ``result`` is a :class:`pwlint.engine.LintResult`.
     """
+
+
+@hookspec
+def pwlint_register_backends(register):
+    """Register fix backends by calling ``register(backend)``.
+
+    A backend has ``name`` (the format it rewrites, matching a loader's ``name``),
+    ``open(path)`` returning a session (``graph()``, ``apply(fix)``, ``checkpoint()``,
+    ``accept(candidate)``, ``revert()``, ``commit(target)``, ``close()``,
+    ``file_size(file)``) and ``run(model_file, feeds=None)`` returning the inputs
+    used and the outputs, for numeric verification.
+    """

@@ -31,6 +31,7 @@ class Registry:
     rules: dict = field(default_factory=dict)
     loaders: dict = field(default_factory=dict)
     reporters: dict = field(default_factory=dict)
+    backends: dict = field(default_factory=dict)
     #: plugin name -> the rule codes, loader and reporter names it registered
     provided: dict = field(default_factory=dict)
 
@@ -70,17 +71,18 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     for plugin_name, _ in pm.list_name_plugin():
         registry.provided[plugin_name] = []
     hooks = (
-        (pm.hook.pwlint_register_rules, registry.rules, lambda r: r.code),
-        (pm.hook.pwlint_register_loaders, registry.loaders, lambda r: r.name),
-        (pm.hook.pwlint_register_reporters, registry.reporters, lambda r: r.name),
+        (pm.hook.pwlint_register_rules, registry.rules, lambda r: r.code, "{}"),
+        (pm.hook.pwlint_register_loaders, registry.loaders, lambda r: r.name, "{} loader"),
+        (pm.hook.pwlint_register_reporters, registry.reporters, lambda r: r.name, "{} format"),
+        (pm.hook.pwlint_register_backends, registry.backends, lambda r: r.name, "{} fixes"),
     )
-    for caller, target, key_of in hooks:
+    for caller, target, key_of, label in hooks:
         owners: dict[str, str] = {}
         # called one implementation at a time so that we know which plugin gave what
         for impl in reversed(caller.get_hookimpls()):
             provided = registry.provided.setdefault(impl.plugin_name, [])
 
-            def register(item, target=target, key_of=key_of, impl=impl, provided=provided, owners=owners):
+            def register(item, target=target, key_of=key_of, impl=impl, provided=provided, owners=owners, label=label):
                 key = key_of(item)
                 if key in target:
                     # name both: plugins are called last-registered first, so the
@@ -90,7 +92,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
                     )
                 target[key] = item
                 owners[key] = impl.plugin_name
-                provided.append(key)
+                provided.append(label.format(key))
 
             impl.function(register=register)
     return registry

@@ -26,7 +26,7 @@ The bias can be folded exactly into the BatchNorm's running mean.
 
 from __future__ import annotations
 
-from pwlint.findings import Finding, Severity
+from pwlint.findings import Finding, Fix, Severity
 from pwlint.ir import ModelGraph
 from pwlint.rule import NoOptions, Rule
 from pwlint.walk import sole_consumer
@@ -44,12 +44,22 @@ def check(graph: ModelGraph, options: NoOptions):
             continue
         bias = conv.attrs.get("out_channels")
         count = f"{bias} " if bias else ""
+        norm_name = CANCELLING_NORMS[norm.attrs["norm_type"]]
+        fix = Fix(
+            "safe",
+            f"drop the bias of '{conv.name}'"
+            + (" and fold it into the BatchNorm's running mean" if norm.attrs["norm_type"] == "batch" else ""),
+            action="fold-bias-into-norm",
+            plan={"conv": conv.name, "norm": norm.name, "norm_type": norm.attrs["norm_type"]},
+            blocked="the bias is shared with another layer" if conv.attrs.get("shared_weights") else None,
+        )
         yield Finding(
             message=(
-                f"conv {conv.name} has a bias of {count}parameters that {CANCELLING_NORMS[norm.attrs['norm_type']]} {norm.name} "
+                f"conv {conv.name} has a bias of {count}parameters that {norm_name} {norm.name} "
                 "cancels by subtracting the mean; drop the bias"
             ),
             nodes=[conv.name, norm.name],
+            fixes=[fix],
         )
 
 

@@ -35,7 +35,7 @@ from math import prod
 
 from pydantic import Field
 
-from pwlint.findings import Finding, Severity
+from pwlint.findings import Finding, Fix, Severity
 from pwlint.ir import Layer, ModelGraph
 from pwlint.rule import Rule, RuleOptions
 from pwlint.units import human, ratio
@@ -43,7 +43,18 @@ from pwlint.walk import is_transparent, sole_consumer, source_of
 
 #: layers a feature map passes through between its conv and the flatten, channels unchanged
 FEATURE_KINDS = frozenset({"act", "pool", "norm", "dropout", "identity", "add", "mul"})
-HEAD_KINDS = frozenset({"act", "dropout", "identity", "norm"})
+#: per-feature layers that may sit between the head's dense layers and work unchanged
+#: on an [N, F, 1, 1] tensor (Softmax and LayerNorm would normalise the wrong axis)
+PER_FEATURE_NORMS = frozenset({"batch", "frozen_batch"})
+AXIS_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
+
+
+def _per_feature(layer: Layer) -> bool:
+    if layer.kind == "act":
+        return layer.attrs.get("activation") not in AXIS_ACTIVATIONS
+    if layer.kind == "norm":
+        return layer.attrs.get("norm_type") in PER_FEATURE_NORMS
+    return is_transparent(layer)
 
 
 class Options(RuleOptions):
@@ -77,7 +88,7 @@ def _head(graph: ModelGraph, first: Layer) -> list[Layer]:
     head = [first]
     current = first
     while True:
-        nxt = sole_consumer(graph, current, through=lambda l: l.kind in HEAD_KINDS or is_transparent(l))
+        nxt = sole_consumer(graph, current, through=_per_feature)
         if nxt is None or nxt.kind != "dense" or nxt.attrs.get("per_position") or any(nxt.name == h.name for h in head):
             return head
         head.append(nxt)
@@ -116,6 +127,7 @@ def _finding(graph: ModelGraph, flat: Layer, dense: Layer, shape: tuple, layout:
         f"{flat.op} '{flat.name}' turns a {chans}x{'x'.join(map(str, positions))} feature map "
         f"into dense layer '{dense.name}'"
     )
+    fixes = []
     if units and chans:
         pointwise_first = chans * units + (units if dense.attrs.get("bias") else 0)
         pointwise = head_params - dense.params + pointwise_first
@@ -126,7 +138,37 @@ def _finding(graph: ModelGraph, flat: Layer, dense: Layer, shape: tuple, layout:
         )
         if len(head) > 1:
             message += f", and the head {human(pointwise)} instead of {human(head_params)}"
-    return Finding(message=message, nodes=[flat.name, dense.name])
+        fixes = _fixes(flat, head, chans, positions, layout, dense.params, pointwise_first)
+    return Finding(message=message, nodes=[flat.name, dense.name], fixes=fixes)
+
+
+def _fixes(flat: Layer, head: list[Layer], chans: int, positions: tuple, layout: str, before: int, after: int) -> list[Fix]:
+    blocked = None
+    if any(layer.attrs.get("shared_weights") for layer in head):
+        blocked = "a dense layer of the head shares its weights with another layer"
+    elif any(layer.params == 0 for layer in head):
+        blocked = "a dense layer of the head takes its weights as a graph input"
+    plan = {
+        "flatten": flat.name, "denses": [layer.name for layer in head],
+        "channels": chans, "positions": list(positions), "layout": layout,
+    }
+    kernel = "x".join(map(str, positions))
+    rest = f", and the {len(head) - 1} dense layer(s) after it by 1x1 convs" if len(head) > 1 else ""
+    return [
+        Fix(
+            "safe",
+            f"convolutionalise: replace '{head[0].name}' by a {kernel} conv{rest}; same parameters and "
+            "outputs at this input size, and the head accepts larger inputs",
+            action="convolutionalise-head", plan=plan, blocked=blocked,
+        ),
+        Fix(
+            "unsafe",
+            f"global average pooling + pointwise (1x1) conv in place of '{head[0].name}': "
+            f"{human(before)} -> {human(after)} parameters ({ratio(before, after)} fewer), weights summed "
+            "over positions (exact only for spatially constant features): fine-tune the model afterwards",
+            action="pool-pointwise-head", plan=plan, blocked=blocked,
+        ),
+    ]
 
 
 RULE = Rule(

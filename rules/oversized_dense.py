@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pwlint.findings import Finding, Severity
+from pwlint.findings import Finding, Fix, Severity
 from pwlint.ir import ModelGraph
 from pwlint.rule import Rule, RuleOptions
 from pwlint.units import human
@@ -39,6 +39,14 @@ from pwlint.units import human
 class Options(RuleOptions):
     max_params: int = Field(
         default=4_194_304, ge=0, description="report dense layers with more parameters than this"
+    )
+    svd_energy: float = Field(
+        default=0.9, gt=0, le=1,
+        description="unsafe fix: keep the smallest rank whose singular values hold this share of the energy",
+    )
+    svd_target_params: int | None = Field(
+        default=None, gt=0,
+        description="unsafe fix: choose the rank so that the two factors have at most this many parameters",
     )
 
 
@@ -56,7 +64,23 @@ def check(graph: ModelGraph, options: Options):
                 f"over the limit of {human(options.max_params)}"
             ),
             nodes=[dense.name],
+            fixes=[_svd_fix(dense, options)],
         )
+
+
+def _svd_fix(dense, options: Options) -> Fix:
+    target = (
+        f"at most {human(options.svd_target_params)} parameters" if options.svd_target_params
+        else f"{options.svd_energy:.0%} of the singular-value energy"
+    )
+    return Fix(
+        "unsafe",
+        f"factorise '{dense.name}' into two dense layers by truncated SVD, keeping {target}; "
+        "changes outputs (the relative error is reported): fine-tune afterwards",
+        action="factorise-dense",
+        plan={"dense": dense.name, "energy": options.svd_energy, "target_params": options.svd_target_params},
+        blocked="its weights are shared with another layer" if dense.attrs.get("shared_weights") else None,
+    )
 
 
 RULE = Rule(

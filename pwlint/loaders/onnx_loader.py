@@ -126,7 +126,8 @@ class _Builder:
         name = _unique(first.display_name, self.used)
         inputs, outputs = self._group_io(nodes)
         data_inputs = [t for t in inputs if t not in self.model.constants]
-        params = 0
+        params, shared = 0, False
+        members = {n.index for n in nodes}
         for node in nodes:
             skip = NON_TRAINABLE_INPUTS.get(node.op, set())
             for position, tensor in enumerate(node.inputs):
@@ -135,9 +136,12 @@ class _Builder:
                     continue
                 params += const.size
                 self.trainable[tensor] = const.size
+                shared = shared or any(u.index not in members for u in self.index.consumers.get(tensor, []))
         kind, attrs = self._describe(kind_hint, nodes, data_inputs)
         attrs["inputs"] = inputs
         attrs["outputs"] = outputs
+        if shared:
+            attrs["shared_weights"] = True
         if len(nodes) > 1:
             attrs["ops"] = [n.op for n in nodes]
         if first.graph_depth:
@@ -270,3 +274,19 @@ class OnnxLoader:
 @hookimpl
 def pwlint_register_loaders(register):
     register(OnnxLoader())
+
+
+class _LazyOnnxBackend:
+    """Registers the fix backend without importing it: linting never needs it."""
+
+    name = "onnx"
+
+    def __getattr__(self, attribute):
+        from pwlint.backends.onnx_backend import OnnxBackend
+
+        return getattr(OnnxBackend, attribute)
+
+
+@hookimpl
+def pwlint_register_backends(register):
+    register(_LazyOnnxBackend())

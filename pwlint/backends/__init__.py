@@ -1,0 +1,2 @@
+"""Fix backends: each carries out format-neutral fix plans on one model format."""
+

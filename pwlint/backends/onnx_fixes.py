@@ -1,0 +1,222 @@
+"""The four fix actions, carried out on an ONNX ModelProto.
+
+Each takes the model's :class:`~pwlint.ir.ModelGraph` (built from the same
+in-memory proto, so layer sources point at its nodes) and a fix plan, edits the
+model and returns a one-line note, or raises :class:`FixNotApplicable`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from pwlint.backends.onnx_edit import Editor, FixNotApplicable
+from pwlint.ir import Layer, ModelGraph
+
+
+@dataclass
+class DenseWeights:
+    """A dense layer as ``y = x @ weight + bias`` whatever its ONNX form."""
+
+    nodes: list  # NodeProtos of the layer
+    data_input: str
+    output: str
+    weight: np.ndarray  # [in, out]
+    bias: np.ndarray | None  # [out]
+
+
+def _dense(editor: Editor, layer: Layer) -> DenseWeights:
+    nodes = [member.proto for member in layer.source]
+    first = nodes[0]
+    if first.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in first.attribute}
+        if attrs.get("transA", 0):
+            raise FixNotApplicable(f"'{layer.name}' is a Gemm with transA=1")
+        weight = editor.array(first.input[1]).astype(np.float64)
+        weight = weight.T if attrs.get("transB", 0) else weight
+        weight = weight * attrs.get("alpha", 1.0)
+        bias = None
+        if len(first.input) > 2 and first.input[2]:
+            raw = editor.array(first.input[2]).astype(np.float64) * attrs.get("beta", 1.0)
+            if raw.size not in (1, weight.shape[1]):
+                raise FixNotApplicable(f"the bias of '{layer.name}' does not broadcast per unit")
+            bias = np.broadcast_to(raw.reshape(-1), (weight.shape[1],)).copy()
+        return DenseWeights(nodes, first.input[0], first.output[0], weight, bias)
+    if first.op_type == "MatMul":
+        weight = editor.array(first.input[1]).astype(np.float64)
+        bias = None
+        if len(nodes) > 1:
+            add = nodes[1]
+            bias_name = next(t for t in add.input if t != first.output[0])
+            bias = editor.array(bias_name).astype(np.float64).reshape(-1)
+        return DenseWeights(nodes, first.input[0], nodes[-1].output[0], weight, bias)
+    raise FixNotApplicable(f"'{layer.name}' is a {first.op_type}, not a Gemm or MatMul")
+
+
+def _dtype_of(editor: Editor, layer: Layer) -> np.dtype:
+    proto = layer.source[0].proto
+    return numpy_dtype(editor.initializer(proto.input[1]))
+
+
+def numpy_dtype(tensor: onnx.TensorProto) -> np.dtype:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+
+
+def _conv(editor: Editor, name: str, data: str, output: str, weight: np.ndarray, bias, dtype) -> onnx.NodeProto:
+    inputs = [data, editor.add_initializer(f"{name}.weight", weight.astype(dtype))]
+    if bias is not None:
+        inputs.append(editor.add_initializer(f"{name}.bias", bias.astype(dtype)))
+    return helper.make_node(
+        "Conv", inputs, [output], name=editor.fresh(name), kernel_shape=list(weight.shape[2:]),
+    )
+
+
+def _feature_map(editor: Editor, graph: ModelGraph, plan: dict) -> str:
+    """The NCHW tensor the head's first conv reads: the flatten's input, or for a
+    channels-last flatten the input of the NCHW -> NHWC Transpose before it."""
+    flat = graph.layer(plan["flatten"])
+    node = flat.source[0].proto
+    tensor = node.input[0]
+    if plan["layout"] == "NCHW":
+        return tensor
+    transpose = editor.producer(tensor)
+    rank = len(plan["positions"]) + 2
+    if transpose is None or transpose.op_type != "Transpose":
+        raise FixNotApplicable("the channels-last flatten is not fed by a layout Transpose")
+    perm = [a for a in transpose.attribute if a.name == "perm"]
+    if not perm or list(perm[0].ints) != [0, *range(2, rank), 1]:
+        raise FixNotApplicable("the channels-last flatten is not fed by an NCHW -> NHWC Transpose")
+    return transpose.input[0]
+
+
+def _first_weight(dense: DenseWeights, plan: dict) -> np.ndarray:
+    """The first dense layer's weights as a conv kernel [out, C, *positions], in the
+    order the source flattened them."""
+    units = dense.weight.shape[1]
+    channels, positions = plan["channels"], plan["positions"]
+    if dense.weight.shape[0] != channels * int(np.prod(positions)):
+        raise FixNotApplicable("the dense layer's inputs do not match the flattened map")
+    if plan["layout"] == "NHWC":
+        kernel = dense.weight.T.reshape(units, *positions, channels)
+        return np.moveaxis(kernel, -1, 1)
+    return dense.weight.T.reshape(units, channels, *positions)
+
+
+def _rewrite_head(editor: Editor, graph: ModelGraph, plan: dict, pool: bool) -> str:
+    layers = [graph.layer(name) for name in plan["denses"]]
+    denses = [_dense(editor, layer) for layer in layers]
+    dtype = _dtype_of(editor, layers[0])
+    spatial = len(plan["positions"])
+    data = _feature_map(editor, graph, plan)
+    kernel = _first_weight(denses[0], plan)
+    if pool:
+        pooled = editor.fresh(f"{layers[0].name}_pooled")
+        pool_node = helper.make_node("GlobalAveragePool", [data], [pooled], name=editor.fresh(f"{layers[0].name}_pool"))
+        kernel = kernel.sum(axis=tuple(range(2, 2 + spatial)), keepdims=True)
+        data = pooled
+    last_output = denses[-1].output
+    for index, (layer, dense) in enumerate(zip(layers, denses)):
+        weight = kernel if index == 0 else dense.weight.T.reshape(*dense.weight.T.shape, *[1] * spatial)
+        is_last = index == len(denses) - 1
+        output = editor.fresh(f"{dense.output}_map") if is_last else dense.output
+        source = data if index == 0 else dense.data_input
+        new = [_conv(editor, layer.name, source, output, weight, dense.bias, dtype)]
+        if index == 0 and pool:
+            new.insert(0, pool_node)
+        if is_last:
+            new.append(helper.make_node("Flatten", [output], [last_output], name=editor.fresh(f"{layer.name}_flatten"), axis=1))
+        editor.replace_nodes(dense.nodes, new)
+    # activations between the dense layers now see [N, F, 1, 1]: recorded shapes are stale
+    editor.drop_value_info(None)
+    editor.remove_dead()
+    return f"{len(denses)} dense layer(s) from '{layers[0].name}' rewritten as convolutions"
+
+
+def convolutionalise_head(editor: Editor, graph: ModelGraph, plan: dict) -> str:
+    return _rewrite_head(editor, graph, plan, pool=False)
+
+
+def pool_pointwise_head(editor: Editor, graph: ModelGraph, plan: dict) -> str:
+    return _rewrite_head(editor, graph, plan, pool=True)
+
+
+def fold_bias_into_norm(editor: Editor, graph: ModelGraph, plan: dict) -> str:
+    conv = graph.layer(plan["conv"]).source[0].proto
+    norm = graph.layer(plan["norm"]).source[0].proto
+    if len(conv.input) < 3 or not conv.input[2]:
+        raise FixNotApplicable(f"'{plan['conv']}' has no bias")
+    bias = editor.array(conv.input[2])
+    if plan["norm_type"] == "batch":
+        training = [a for a in norm.attribute if a.name == "training_mode" and a.i]
+        if training:
+            raise FixNotApplicable("the BatchNormalization runs in training mode")
+        mean = editor.array(norm.input[3])
+        folded = (mean.astype(np.float64) - bias.astype(np.float64)).astype(mean.dtype)
+        if len(editor.consumers(norm.input[3])) > 1:
+            norm.input[3] = editor.add_initializer(f"{norm.input[3]}_folded", folded)
+        else:
+            editor.replace_initializer(norm.input[3], folded)
+    del conv.input[2]
+    editor.remove_dead()
+    return f"bias of '{plan['conv']}' folded into '{plan['norm']}'"
+
+
+def choose_rank(singular: np.ndarray, rows: int, cols: int, plan: dict) -> int:
+    if plan.get("target_params"):
+        rank = (plan["target_params"] - cols) // (rows + cols)  # the bias stays
+        if rank < 1:
+            raise FixNotApplicable(f"a target of {plan['target_params']} parameters leaves no rank")
+        return int(min(rank, len(singular)))
+    energy = np.cumsum(singular**2) / np.sum(singular**2)
+    return int(np.searchsorted(energy, plan["energy"] - 1e-12) + 1)
+
+
+def factorise_dense(editor: Editor, graph: ModelGraph, plan: dict) -> str:
+    layer = graph.layer(plan["dense"])
+    dense = _dense(editor, layer)
+    dtype = _dtype_of(editor, layer)
+    rows, cols = dense.weight.shape
+    u, s, vt = np.linalg.svd(dense.weight, full_matrices=False)
+    rank = choose_rank(s, rows, cols, plan)
+    if rank * (rows + cols) >= rows * cols:
+        raise FixNotApplicable(
+            f"rank {rank} is needed for the requested accuracy, and two factors of that rank "
+            f"are no smaller than the {rows}x{cols} layer"
+        )
+    root = np.sqrt(s[:rank])
+    first = u[:, :rank] * root
+    second = root[:, None] * vt[:rank]
+    error = np.linalg.norm(dense.weight - first @ second) / max(np.linalg.norm(dense.weight), 1e-30)
+    middle = editor.fresh(f"{dense.output}_low_rank")
+    nodes = [
+        helper.make_node("MatMul", [dense.data_input, editor.add_initializer(f"{layer.name}.u", first.astype(dtype))],
+                         [middle], name=editor.fresh(f"{layer.name}_u")),
+    ]
+    if dense.bias is None:
+        nodes.append(helper.make_node("MatMul", [middle, editor.add_initializer(f"{layer.name}.v", second.astype(dtype))],
+                                      [dense.output], name=editor.fresh(f"{layer.name}_v")))
+    else:
+        product = editor.fresh(f"{dense.output}_v")
+        nodes += [
+            helper.make_node("MatMul", [middle, editor.add_initializer(f"{layer.name}.v", second.astype(dtype))],
+                             [product], name=editor.fresh(f"{layer.name}_v")),
+            helper.make_node("Add", [product, editor.add_initializer(f"{layer.name}.bias", dense.bias.astype(dtype))],
+                             [dense.output], name=editor.fresh(f"{layer.name}_bias")),
+        ]
+    editor.replace_nodes(dense.nodes, nodes)
+    editor.remove_dead()
+    return (
+        f"'{layer.name}' factorised at rank {rank}: {rows * cols} -> {rank * (rows + cols)} weights, "
+        f"relative weight error {error:.3g}"
+    )
+
+
+ACTIONS = {
+    "convolutionalise-head": convolutionalise_head,
+    "pool-pointwise-head": pool_pointwise_head,
+    "fold-bias-into-norm": fold_bias_into_norm,
+    "factorise-dense": factorise_dense,
+}
