@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
     check.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that makes the exit code 1 (default: warning)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings (errors still exit 2)")
+    check.add_argument("--fix", action="store_true", help="apply safe fixes, verify them and write the model (in place unless -o)")
+    check.add_argument("--unsafe-fixes", action="store_true", help="also apply unsafe fixes, which change what the model computes")
+    check.add_argument("--diff", action="store_true", help="show what --fix would change and write nothing")
+    check.add_argument("-o", "--output", metavar="PATH", help="with --fix, write the fixed model here and leave the source untouched")
+    check.add_argument("--no-verify", action="store_true", help="with --fix, skip the numeric check (the format's checker still runs)")
 
     rule = sub.add_parser("rule", help="show a rule's documentation")
     rule.add_argument("code", metavar="CODE", help="rule code or name, e.g. PW001 or flatten-dense-head")
@@ -125,7 +130,16 @@ def _check(registry, args) -> int:
         ignore=_split(args.ignore) or [],
         fail_on=Severity(args.fail_on) if args.fail_on else None,
     )
-    linter = Linter(registry, ConfigResolver(overrides, args.config))
+    fix_mode = None
+    if args.fix or args.diff:
+        from pwlint.fixer import FixMode
+
+        fix_mode = FixMode(unsafe=args.unsafe_fixes, verify=not args.no_verify, diff=args.diff, output=args.output)
+    elif args.output or args.no_verify:
+        raise PwlintError(f"{'-o/--output' if args.output else '--no-verify'} only makes sense with --fix")
+    linter = Linter(registry, ConfigResolver(overrides, args.config), fix_mode)
+    if args.output and len(linter.files(args.paths)) != 1:
+        raise PwlintError("-o/--output takes exactly one model to fix")
     result = linter.lint_paths(args.paths)
     if not result.files:
         raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {', '.join(registry.suffixes)})")

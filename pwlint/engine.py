@@ -27,9 +27,14 @@ class FileResult:
     error: str | None = None
     findings: list[Finding] = field(default_factory=list)
     fail_on: Severity = Severity.WARNING
+    #: a pwlint.fixer.FixReport when run with --fix or --diff
+    fix: object = None
 
     def to_json(self) -> dict:
-        return {"path": self.path, "format": self.format, "error": self.error}
+        data = {"path": self.path, "format": self.format, "error": self.error}
+        if self.fix is not None:
+            data["fix"] = self.fix.to_json()
+        return data
 
 
 @dataclass
@@ -130,9 +135,11 @@ def discover(paths: Iterable[str], suffixes: tuple[str, ...]) -> list[str]:
 
 
 class Linter:
-    def __init__(self, registry: Registry, resolver: ConfigResolver) -> None:
+    def __init__(self, registry: Registry, resolver: ConfigResolver, fix_mode=None) -> None:
         self.registry = registry
         self.resolver = resolver
+        #: a pwlint.fixer.FixMode when fixing, None when only linting
+        self.fix_mode = fix_mode
         self._rulesets: dict[int, RuleSet] = {}
 
     def ruleset(self, settings: Settings) -> RuleSet:
@@ -141,9 +148,12 @@ class Linter:
             self._rulesets[key] = RuleSet(settings, self.registry)
         return self._rulesets[key]
 
+    def files(self, paths: Iterable[str]) -> list[str]:
+        return discover(paths, self.registry.suffixes)
+
     def lint_paths(self, paths: Iterable[str]) -> LintResult:
         result = LintResult()
-        for path in discover(paths, self.registry.suffixes):
+        for path in self.files(paths):
             result.files.append(self.lint_file(path))
         return result
 
@@ -168,18 +178,49 @@ class Linter:
         except (MemoryError, RecursionError) as exc:
             file_result.error = f"{path}: model too large or too deeply nested to read ({type(exc).__name__})"
             return file_result
+        try:
+            file_result.findings = self.check_graph(graph, path, settings)
+            if self.fix_mode is not None:
+                self._fix(file_result, loader.name, settings)
+        except PwlintError as exc:
+            file_result.error = str(exc)
+        return file_result
+
+    def check_graph(self, graph, path: str, settings: Settings) -> list[Finding]:
+        """Run the rules selected for ``path`` on ``graph``."""
+        ruleset = self.ruleset(settings)
         ignored = settings.ignored_for(path)
+        found: list[Finding] = []
         for rule, options, severity in ruleset.rules:
             if ignored and not is_enabled(rule, ["ALL"], ignored):
                 continue
             try:
                 findings = list(rule.check(graph, options))
             except Exception as exc:  # a rule bug must not hide the other rules' findings
-                file_result.error = f"{path}: internal error in rule {rule.code}: {type(exc).__name__}: {exc}"
-                return file_result
+                raise PwlintError(f"{path}: internal error in rule {rule.code}: {type(exc).__name__}: {exc}") from exc
             for finding in findings:
                 finding.code, finding.rule, finding.path = rule.code, rule.name, path
                 # a finding that set its own severity (PW003's info) keeps it
                 finding.severity = finding.severity or severity
-                file_result.findings.append(finding)
-        return file_result
+                finding.unsafe_allowed = bool(self.fix_mode and self.fix_mode.unsafe)
+                found.append(finding)
+        return found
+
+    def _fix(self, file_result: FileResult, fmt: str, settings: Settings) -> None:
+        from pwlint.fixer import fix_file
+
+        wanted = self.fix_mode.output or any(f.fixes for f in file_result.findings)
+        if not wanted:
+            return
+        backend = self.registry.backends.get(fmt)
+        if backend is None:
+            raise PwlintError(f"{file_result.path}: no fix backend for the {fmt} format")
+        path = file_result.path
+        try:
+            report = fix_file(path, backend, lambda graph: self.check_graph(graph, path, settings), self.fix_mode)
+        except PwlintError:
+            raise
+        except (OSError, MemoryError) as exc:
+            raise PwlintError(f"{path}: could not fix the model: {exc}") from exc
+        file_result.fix = report
+        file_result.findings = report.remaining

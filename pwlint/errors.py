@@ -11,3 +11,7 @@ class LoadError(PwlintError):
 
 class ConfigError(PwlintError):
     """A configuration file or flag is invalid."""
+
+
+class FixNotApplicable(Exception):
+    """A fix cannot be carried out on this graph; raised before anything is changed."""

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pwlint.backends.onnx_edit import Editor, FixNotApplicable
+from pwlint.backends.onnx_edit import Editor
 from pwlint.backends.onnx_fixes import ACTIONS
-from pwlint.errors import LoadError
+from pwlint.errors import FixNotApplicable, LoadError
 from pwlint.findings import Fix
 from pwlint.ir import ModelGraph
 from pwlint.loaders.onnx_loader import load_proto
@@ -37,6 +37,13 @@ def _external_locations(model: onnx.ModelProto) -> set[str]:
             info = {entry.key: entry.value for entry in tensor.external_data}
             locations.add(info.get("location", ""))
     return locations
+
+
+def _read_with_data(path: Path) -> onnx.ModelProto:
+    model = parse_file(str(path))
+    if _external_locations(model):
+        onnx.load_external_data_for_model(model, str(path.resolve().parent))
+    return model
 
 
 def _check_locations(path: Path, locations: set[str]) -> None:
@@ -60,10 +67,20 @@ class OnnxFixSession:
         if self.locations:
             _check_locations(self.path, self.locations)
             onnx.load_external_data_for_model(model, str(self.path.resolve().parent))
-        self.model = model
+        self._model = model
         self.workdir = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=self.path.resolve().parent))
         self.rounds = 0
         self.last_good = self.path  # the file holding the last verified state
+        self._pending = self.path  # the file to read the model back from when it was dropped
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The model being fixed. It is dropped from memory while the checker and
+        onnxruntime run on a written candidate, and read back on demand: a model
+        in memory three times over would not fit a large model in its budget."""
+        if self._model is None:
+            self._model = _read_with_data(self._pending)
+        return self._model
 
     # reading -------------------------------------------------------------
     def graph(self) -> ModelGraph:
@@ -98,10 +115,9 @@ class OnnxFixSession:
                 location=self._data_name(), size_threshold=1024,
             )
             self.locations = {self._data_name()}
-            # saving moved the weights out of the in-memory model: read them back
-            self.model = onnx.load_model(str(candidate), load_external_data=True)
         else:
             onnx.save_model(self.model, str(candidate))
+        self._model, self._pending = None, candidate
         onnx.checker.check_model(str(candidate), full_check=True)
         return candidate
 
@@ -109,10 +125,8 @@ class OnnxFixSession:
         self.last_good = candidate
 
     def revert(self) -> None:
-        """Back to the last verified state."""
-        self.model = parse_file(str(self.last_good))
-        if _external_locations(self.model):
-            onnx.load_external_data_for_model(self.model, str(self.last_good.parent))
+        """Back to the last verified state (read back when next needed)."""
+        self._model, self._pending = None, self.last_good
 
     def _data_name(self) -> str:
         return f"{self.path.name}.data"
@@ -126,13 +140,15 @@ class OnnxFixSession:
         if source == self.path:
             source = self.checkpoint()
         staging = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=destination.resolve().parent))
+        same_folder = staging.parent == source.parent.parent
+        move = os.replace if same_folder else shutil.copyfile  # candidates live next to the source
         try:
             staged_model = staging / destination.name
-            shutil.copyfile(source, staged_model)
+            move(source, staged_model)
             data = source.parent / self._data_name()
             if data.exists():
                 staged_data = staging / f"{destination.name}.data"
-                shutil.copyfile(data, staged_data)
+                move(data, staged_data)
                 if destination.name != self.path.name:
                     # the model names its data file: point it at the renamed one
                     model = onnx.load_model(str(staged_model), load_external_data=False)

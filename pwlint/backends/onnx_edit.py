@@ -7,9 +7,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-
-class FixNotApplicable(Exception):
-    """The fix cannot be carried out on this graph; the message says why."""
+from pwlint.errors import FixNotApplicable
 
 
 class Editor:
@@ -54,6 +52,13 @@ class Editor:
     def replace_initializer(self, name: str, values: np.ndarray) -> None:
         tensor = self.initializer(name)
         tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values.astype(numpy_helper.to_array(tensor).dtype)), name))
+
+    def drop_initializers(self, names) -> None:
+        """Remove initializers that only the nodes being replaced read."""
+        names = {n for n in names if n and len(self.consumers(n)) <= 1}
+        kept = [t for t in self.graph.initializer if t.name not in names]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept)
 
     def consumers(self, tensor: str) -> list[onnx.NodeProto]:
         return [node for node in self.graph.node if tensor in node.input]

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from pwlint.backends.onnx_edit import Editor, FixNotApplicable
+from pwlint.backends.onnx_edit import Editor
+from pwlint.errors import FixNotApplicable
 from pwlint.ir import Layer, ModelGraph
 
 
@@ -26,6 +27,8 @@ class DenseWeights:
     output: str
     weight: np.ndarray  # [in, out]
     bias: np.ndarray | None  # [out]
+    #: the initializers holding weight and bias, dropped once read
+    constants: tuple[str, ...] = ()
 
 
 def _dense(editor: Editor, layer: Layer) -> DenseWeights:
@@ -35,24 +38,26 @@ def _dense(editor: Editor, layer: Layer) -> DenseWeights:
         attrs = {a.name: helper.get_attribute_value(a) for a in first.attribute}
         if attrs.get("transA", 0):
             raise FixNotApplicable(f"'{layer.name}' is a Gemm with transA=1")
-        weight = editor.array(first.input[1]).astype(np.float64)
-        weight = weight.T if attrs.get("transB", 0) else weight
-        weight = weight * attrs.get("alpha", 1.0)
+        weight = editor.array(first.input[1])
+        weight = weight.T if attrs.get("transB", 0) else weight  # a view: no copy of a big matrix
+        if attrs.get("alpha", 1.0) != 1.0:
+            weight = weight * attrs["alpha"]
         bias = None
         if len(first.input) > 2 and first.input[2]:
-            raw = editor.array(first.input[2]).astype(np.float64) * attrs.get("beta", 1.0)
+            raw = editor.array(first.input[2]) * attrs.get("beta", 1.0)
             if raw.size not in (1, weight.shape[1]):
                 raise FixNotApplicable(f"the bias of '{layer.name}' does not broadcast per unit")
             bias = np.broadcast_to(raw.reshape(-1), (weight.shape[1],)).copy()
-        return DenseWeights(nodes, first.input[0], first.output[0], weight, bias)
+        return DenseWeights(nodes, first.input[0], first.output[0], weight, bias, tuple(first.input[1:3]))
     if first.op_type == "MatMul":
-        weight = editor.array(first.input[1]).astype(np.float64)
+        weight = editor.array(first.input[1])
         bias = None
         if len(nodes) > 1:
             add = nodes[1]
             bias_name = next(t for t in add.input if t != first.output[0])
-            bias = editor.array(bias_name).astype(np.float64).reshape(-1)
-        return DenseWeights(nodes, first.input[0], nodes[-1].output[0], weight, bias)
+            bias = editor.array(bias_name).reshape(-1)
+        constants = (first.input[1], bias_name) if len(nodes) > 1 else (first.input[1],)
+        return DenseWeights(nodes, first.input[0], nodes[-1].output[0], weight, bias, constants)
     raise FixNotApplicable(f"'{layer.name}' is a {first.op_type}, not a Gemm or MatMul")
 
 
@@ -66,12 +71,11 @@ def numpy_dtype(tensor: onnx.TensorProto) -> np.dtype:
 
 
 def _conv(editor: Editor, name: str, data: str, output: str, weight: np.ndarray, bias, dtype) -> onnx.NodeProto:
+    """A Conv that takes the place (and the name) of the dense layer ``name``."""
     inputs = [data, editor.add_initializer(f"{name}.weight", weight.astype(dtype))]
     if bias is not None:
         inputs.append(editor.add_initializer(f"{name}.bias", bias.astype(dtype)))
-    return helper.make_node(
-        "Conv", inputs, [output], name=editor.fresh(name), kernel_shape=list(weight.shape[2:]),
-    )
+    return helper.make_node("Conv", inputs, [output], name=name, kernel_shape=list(weight.shape[2:]))
 
 
 def _feature_map(editor: Editor, graph: ModelGraph, plan: dict) -> str:
@@ -112,6 +116,9 @@ def _rewrite_head(editor: Editor, graph: ModelGraph, plan: dict, pool: bool) -> 
     spatial = len(plan["positions"])
     data = _feature_map(editor, graph, plan)
     kernel = _first_weight(denses[0], plan)
+    # everything is read and checked: from here on the model changes. The old weights
+    # go first, so that a 100M-parameter layer is not held twice while the new one is built.
+    editor.drop_initializers(name for dense in denses for name in dense.constants)
     if pool:
         pooled = editor.fresh(f"{layers[0].name}_pooled")
         pool_node = helper.make_node("GlobalAveragePool", [data], [pooled], name=editor.fresh(f"{layers[0].name}_pool"))
@@ -132,7 +139,11 @@ def _rewrite_head(editor: Editor, graph: ModelGraph, plan: dict, pool: bool) -> 
     # activations between the dense layers now see [N, F, 1, 1]: recorded shapes are stale
     editor.drop_value_info(None)
     editor.remove_dead()
-    return f"{len(denses)} dense layer(s) from '{layers[0].name}' rewritten as convolutions"
+    later = f", and {len(denses) - 1} later dense layer(s) by 1x1 convs" if len(denses) > 1 else ""
+    if pool:
+        return f"'{layers[0].name}' replaced by global average pooling + a 1x1 conv{later}"
+    kernel = "x".join(map(str, plan["positions"]))
+    return f"'{layers[0].name}' replaced by a {kernel} conv{later}"
 
 
 def convolutionalise_head(editor: Editor, graph: ModelGraph, plan: dict) -> str:
@@ -179,7 +190,7 @@ def factorise_dense(editor: Editor, graph: ModelGraph, plan: dict) -> str:
     dense = _dense(editor, layer)
     dtype = _dtype_of(editor, layer)
     rows, cols = dense.weight.shape
-    u, s, vt = np.linalg.svd(dense.weight, full_matrices=False)
+    u, s, vt = np.linalg.svd(dense.weight.astype(np.float64), full_matrices=False)
     rank = choose_rank(s, rows, cols, plan)
     if rank * (rows + cols) >= rows * cols:
         raise FixNotApplicable(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from pwlint.hookspecs import hookimpl
+from pwlint.units import human, ratio
 
 
 class TextReporter:
@@ -12,10 +13,47 @@ class TextReporter:
 
     @staticmethod
     def report(result, stream) -> None:
+        for file in result.files:
+            if file.fix is not None:
+                stream.write(fix_summary(file.fix) + "\n")
         for finding in result.findings:
             fixable = f" [{finding.fix.applicability} fix]" if finding.fix else ""
             stream.write(f"{finding.path}: {finding.code} ({finding.severity.value}) {finding.message}{fixable}\n")
         stream.write(summary(result) + "\n")
+
+
+def _size(size: int | None) -> str:
+    return "?" if size is None else f"{size / 1024:.0f} KiB" if size < 10 * 2**20 else f"{size / 2**20:.1f} MiB"
+
+
+def fix_summary(report) -> str:
+    """What --fix did (or --diff would do) to one model, the way one compares two models."""
+    verb = "would fix" if report.dry_run else "fixed"
+    lines = [f"{report.path}: {verb} {len(report.applied)} finding(s)"
+             + (f", {len(report.not_applied)} not fixed" if report.not_applied else "")
+             + (f"; written to {report.written}" if report.written else "")]
+    for outcome in report.outcomes:
+        status = "applied" if outcome.applied else "not applied"
+        lines.append(f"  {status}: {outcome.code} ({outcome.applicability}) {', '.join(outcome.nodes)}: {outcome.note}")
+    before, after = report.before, report.after
+    if before and after:
+        lines.append(
+            f"  parameters {human(before.params)} -> {human(after.params)} ({ratio(before.params, after.params)} smaller)"
+            if after.params * 1.1 < before.params else f"  parameters {human(before.params)} -> {human(after.params)}"
+        )
+        lines[-1] += f", MACs {human(before.macs)} -> {human(after.macs)}"
+        lines[-1] += f", file {_size(report.size_before)} -> {_size(report.size_after)}"
+    if report.verified:
+        lines.append(
+            f"  outputs vs. the original (onnxruntime, seeded inputs): max abs diff {report.max_abs_diff:.3g}, "
+            f"max rel diff {report.max_rel_diff:.3g}"
+        )
+    if any(o.applied and o.applicability == "unsafe" for o in report.outcomes):
+        lines.append("  unsafe fixes change what the model computes: fine-tune it before use")
+    if report.dry_run and (report.layers_removed or report.layers_added):
+        lines.append(f"  layers removed: {', '.join(report.layers_removed) or '-'}")
+        lines.append(f"  layers added: {', '.join(report.layers_added) or '-'}")
+    return "\n".join(lines)
 
 
 def summary(result) -> str:

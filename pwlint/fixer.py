@@ -1,0 +1,258 @@
+"""``--fix``: apply fix plans through a format's backend, verify, write, lint again.
+
+Format-neutral. Fixes are applied one rule at a time, in code order, re-linting
+the model in memory between rounds (like ruff's fix loop), so later plans always
+see the graph the earlier fixes left. After each round the candidate model goes
+through the format's checker and is run on the same seeded inputs as before the
+round: a safe round whose outputs move beyond tolerance is rolled back and
+reported as not applied, with the measured error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pwlint.errors import FixNotApplicable
+from pwlint.findings import Finding, Fix
+from pwlint.ir import ModelGraph
+from pwlint.stats import ModelStats, model_stats
+
+RTOL, ATOL = 1e-4, 1e-5
+MAX_ROUNDS = 8
+
+
+@dataclass
+class FixMode:
+    unsafe: bool = False
+    verify: bool = True
+    diff: bool = False
+    output: str | None = None
+
+
+@dataclass
+class FixOutcome:
+    code: str
+    nodes: list[str]
+    applicability: str
+    description: str
+    applied: bool
+    #: what the backend did, or why the fix was not applied
+    note: str = ""
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "code": self.code, "nodes": self.nodes, "applicability": self.applicability,
+            "description": self.description, "applied": self.applied, "note": self.note,
+            "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
+        }
+
+
+@dataclass
+class FixReport:
+    path: str
+    outcomes: list[FixOutcome] = field(default_factory=list)
+    before: ModelStats | None = None
+    after: ModelStats | None = None
+    size_before: int | None = None
+    size_after: int | None = None
+    #: output difference of the final model against the original, over all rounds
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    verified: bool = False
+    #: --diff: what would change was computed, nothing was written
+    dry_run: bool = False
+    written: str | None = None
+    layers_removed: list[str] = field(default_factory=list)
+    layers_added: list[str] = field(default_factory=list)
+    remaining: list[Finding] = field(default_factory=list)
+
+    @property
+    def applied(self) -> list[FixOutcome]:
+        return [o for o in self.outcomes if o.applied]
+
+    @property
+    def not_applied(self) -> list[FixOutcome]:
+        return [o for o in self.outcomes if not o.applied]
+
+    def to_json(self) -> dict:
+        return {
+            "applied": [o.to_json() for o in self.applied],
+            "not_applied": [o.to_json() for o in self.not_applied],
+            "before": self._stats(self.before, self.size_before),
+            "after": self._stats(self.after, self.size_after),
+            "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
+            "verified": self.verified, "dry_run": self.dry_run, "written": self.written,
+            "layers_removed": self.layers_removed, "layers_added": self.layers_added,
+        }
+
+    @staticmethod
+    def _stats(stats: ModelStats | None, size: int | None) -> dict | None:
+        return None if stats is None else {**stats.to_json(), "file_size": size}
+
+
+def compare(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, float, bool]:
+    """Max absolute difference, max difference relative to the outputs' scale, and
+    whether every element is within ``ATOL + RTOL * |before|``."""
+    if len(before) != len(after) or any(a.shape != b.shape for a, b in zip(before, after)):
+        return float("inf"), float("inf"), False
+    worst_abs, worst_rel, close = 0.0, 0.0, True
+    for b, a in zip(before, after):
+        b64, a64 = np.asarray(b, np.float64), np.asarray(a, np.float64)
+        if b64.size == 0:
+            continue
+        delta = np.abs(a64 - b64)
+        worst_abs = max(worst_abs, float(delta.max()))
+        worst_rel = max(worst_rel, float(delta.max() / max(np.abs(b64).max(), 1e-30)))
+        close = close and bool(np.all(delta <= ATOL + RTOL * np.abs(b64)))
+    return worst_abs, worst_rel, close
+
+
+def _outcome(finding: Finding, fix: Fix, applied: bool, note: str) -> FixOutcome:
+    return FixOutcome(finding.code, list(finding.nodes), fix.applicability, fix.description, applied, note)
+
+
+def fix_file(
+    path: str,
+    backend,
+    check: Callable[[ModelGraph], list[Finding]],
+    mode: FixMode,
+) -> FixReport:
+    """Fix one model. ``check`` runs the selected rules on a graph."""
+    report = FixReport(path=path, dry_run=mode.diff)
+    feeds = baseline = None
+    if mode.verify:  # before the model is loaded here: onnxruntime and it need not share memory
+        feeds, baseline = backend.run(Path(path))
+    session = backend.open(path)
+    try:
+        _fix_rounds(session, backend, check, mode, report, feeds, baseline)
+    finally:
+        session.close()
+    return report
+
+
+def _fix_rounds(session, backend, check, mode: FixMode, report: FixReport, feeds, baseline) -> None:
+    graph = session.graph()
+    original_layers = {layer.name: layer.op for layer in graph.layers()}
+    report.before = model_stats(graph)
+    report.size_before = session.file_size(session.path)
+    current = baseline
+    attempted: set[tuple] = set()
+    findings = check(graph)
+    for _ in range(MAX_ROUNDS):
+        batch = _next_batch(findings, attempted, mode, report)
+        if not batch:
+            break
+        round_outcomes = []
+        for finding, fix in batch:
+            graph = session.graph()
+            if not all(node in graph for node in finding.nodes):
+                round_outcomes.append(_outcome(finding, fix, False, "superseded by an earlier fix"))
+                continue
+            try:
+                note = session.apply(fix)
+            except FixNotApplicable as exc:  # raised before the action changes anything
+                round_outcomes.append(_outcome(finding, fix, False, _reason(exc)))
+                continue
+            except Exception as exc:  # a bug may leave the model half-edited: drop the round
+                session.revert()
+                why = f"rolled back after an error in another fix: {_reason(exc)}"
+                for outcome in round_outcomes:
+                    if outcome.applied:
+                        outcome.applied, outcome.note = False, why
+                round_outcomes.append(_outcome(finding, fix, False, f"error: {type(exc).__name__}: {_reason(exc)}"))
+                continue
+            round_outcomes.append(_outcome(finding, fix, True, note))
+        applied = [o for o in round_outcomes if o.applied]
+        if applied:
+            current = _verify_round(session, backend, mode, feeds, current, applied)
+        report.outcomes += round_outcomes
+        findings = check(session.graph())
+    graph = session.graph()
+    report.remaining = findings
+    report.after = model_stats(graph)
+    final_layers = {layer.name: layer.op for layer in graph.layers()}
+    report.layers_removed = [f"{n} ({op})" for n, op in original_layers.items() if n not in final_layers]
+    report.layers_added = [f"{n} ({op})" for n, op in final_layers.items() if n not in original_layers]
+    if mode.verify and report.applied:
+        report.max_abs_diff, report.max_rel_diff, _ = compare(baseline, current)
+        report.verified = True
+    candidate = session.last_good
+    report.size_after = session.file_size(candidate)
+    target = mode.output or (str(session.path) if report.applied else None)
+    if target and not mode.diff:
+        session.commit(target)
+        report.written = target
+
+
+def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, report: FixReport) -> list:
+    """The fixable findings of the lowest rule code not yet attempted."""
+    candidates = []
+    for finding in findings:
+        key = (finding.code, tuple(finding.nodes))
+        finding.unsafe_allowed = mode.unsafe
+        fix = finding.fix
+        if fix is None or key in attempted:
+            continue
+        if fix.applicability == "unsafe" and not mode.unsafe:
+            attempted.add(key)
+            report.outcomes.append(_outcome(finding, fix, False, "unsafe fix: use --unsafe-fixes to apply it"))
+        elif fix.blocked:
+            attempted.add(key)
+            report.outcomes.append(_outcome(finding, fix, False, fix.blocked))
+        else:
+            candidates.append((finding, fix))
+    if not candidates:
+        return []
+    code = min(finding.code for finding, _ in candidates)
+    batch = [(f, fix) for f, fix in candidates if f.code == code]
+    attempted.update((f.code, tuple(f.nodes)) for f, _ in batch)
+    return batch
+
+
+def _verify_round(session, backend, mode: FixMode, feeds, current, applied: list[FixOutcome]):
+    """Check and run the round's result; roll the round back if it fails."""
+    safe = all(o.applicability == "safe" for o in applied)
+    try:
+        candidate = session.checkpoint()
+    except Exception as exc:
+        return _roll_back(session, applied, f"the ONNX checker rejected the result: {_reason(exc)}", current)
+    if not mode.verify:
+        session.accept(candidate)
+        return current
+    try:
+        _, outputs = backend.run(candidate, feeds)
+    except Exception as exc:
+        return _roll_back(session, applied, f"the fixed model does not run: {_reason(exc)}", current)
+    worst_abs, worst_rel, close = compare(current, outputs)
+    for outcome in applied:
+        outcome.max_abs_diff, outcome.max_rel_diff = worst_abs, worst_rel
+    if worst_abs == float("inf"):
+        return _roll_back(session, applied, "the fixed model's outputs changed shape", current)
+    if safe and not close:
+        return _roll_back(
+            session, applied,
+            f"outputs differ beyond rtol {RTOL:g} / atol {ATOL:g} (max abs diff {worst_abs:.3g}, "
+            f"max rel diff {worst_rel:.3g})", current,
+        )
+    session.accept(candidate)
+    return outputs
+
+
+def _roll_back(session, applied: list[FixOutcome], why: str, current):
+    session.revert()
+    for outcome in applied:
+        outcome.applied = False
+        outcome.note = f"not applied: {why}"
+    return current
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
