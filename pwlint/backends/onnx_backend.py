@@ -23,6 +23,7 @@ from pwlint.findings import Fix
 from pwlint.ir import ModelGraph
 from pwlint.loaders.onnx_loader import load_proto
 from pwlint.loaders.onnx_read import parse_file
+from pwlint.loaders.onnx_wire import payload_slice, write_model
 
 #: ONNX's protobuf limit: larger models must keep their weights in external data
 PROTO_LIMIT = 2_000_000_000
@@ -39,13 +40,6 @@ def _external_locations(model: onnx.ModelProto) -> set[str]:
     return locations
 
 
-def _read_with_data(path: Path) -> onnx.ModelProto:
-    model = parse_file(str(path))
-    if _external_locations(model):
-        onnx.load_external_data_for_model(model, str(path.resolve().parent))
-    return model
-
-
 def _check_locations(path: Path, locations: set[str]) -> None:
     """External data may only come from files inside the model's own folder."""
     folder = path.resolve().parent
@@ -58,29 +52,29 @@ def _check_locations(path: Path, locations: set[str]) -> None:
 
 
 class OnnxFixSession:
-    """One model being fixed: the in-memory model, its last verified file, temp files."""
+    """One model being fixed.
+
+    The in-memory model holds structure only: weights stay in the file they were
+    read from (see :mod:`pwlint.loaders.onnx_wire`) or, when a fix makes new ones,
+    in ``pending`` until the next candidate file is written. After each checkpoint
+    the model is read back from the candidate, so memory holds at most the new
+    weights of one round, while the checker and onnxruntime get the memory.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         model = parse_file(path)
-        self.locations = _external_locations(model)
-        if self.locations:
-            _check_locations(self.path, self.locations)
-            onnx.load_external_data_for_model(model, str(self.path.resolve().parent))
-        self._model = model
-        self.workdir = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=self.path.resolve().parent))
+        genuine = _external_locations(model) - {self.path.name}
+        if genuine:
+            _check_locations(self.path, genuine)
+        #: write weights to a separate data file, as the source did (or must, past 2 GB)
+        self.external_output = bool(genuine) or self.path.stat().st_size > PROTO_LIMIT
+        self.model = model
+        self.folder = self.path.resolve().parent  # where the model's weight references point
+        self.pending: dict[str, np.ndarray] = {}
+        self.workdir = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=self.folder))
         self.rounds = 0
         self.last_good = self.path  # the file holding the last verified state
-        self._pending = self.path  # the file to read the model back from when it was dropped
-
-    @property
-    def model(self) -> onnx.ModelProto:
-        """The model being fixed. It is dropped from memory while the checker and
-        onnxruntime run on a written candidate, and read back on demand: a model
-        in memory three times over would not fit a large model in its budget."""
-        if self._model is None:
-            self._model = _read_with_data(self._pending)
-        return self._model
 
     # reading -------------------------------------------------------------
     def graph(self) -> ModelGraph:
@@ -89,10 +83,11 @@ class OnnxFixSession:
     def file_size(self, model_file: Path) -> int:
         size = model_file.stat().st_size
         data = model_file.parent / self._data_name()
-        if self.locations and data.exists():
+        if data.exists():
             size += data.stat().st_size
         elif model_file == self.path:
-            size += sum((self.path.parent / loc).stat().st_size for loc in self.locations)
+            genuine = _external_locations(parse_file(str(model_file))) - {self.path.name}
+            size += sum((self.path.parent / loc).stat().st_size for loc in genuine)
         return size
 
     # changing ------------------------------------------------------------
@@ -100,7 +95,7 @@ class OnnxFixSession:
         action = ACTIONS.get(fix.action)
         if action is None:
             raise FixNotApplicable(f"the ONNX backend has no '{fix.action}' action")
-        return action(Editor(self.model), self.graph(), fix.plan)
+        return action(Editor(self.model, self.folder, self.pending), self.graph(), fix.plan)
 
     def checkpoint(self) -> Path:
         """Write the current model to a new candidate file and run the ONNX checker on it."""
@@ -108,25 +103,32 @@ class OnnxFixSession:
         folder = self.workdir / f"round-{self.rounds}"
         folder.mkdir()
         candidate = folder / self.path.name
-        external = bool(self.locations) or self.model.ByteSize() > PROTO_LIMIT
-        if external:
-            onnx.save_model(
-                self.model, str(candidate), save_as_external_data=True, all_tensors_to_one_file=True,
-                location=self._data_name(), size_threshold=1024,
-            )
-            self.locations = {self._data_name()}
-        else:
-            onnx.save_model(self.model, str(candidate))
-        self._model, self._pending = None, candidate
+        write_model(
+            self.model, candidate, self._payload_of,
+            data_file=self._data_name() if self.external_output else None,
+        )
+        self._read(candidate)
         onnx.checker.check_model(str(candidate), full_check=True)
         return candidate
+
+    def _payload_of(self, tensor: onnx.TensorProto):
+        if tensor.name in self.pending:
+            return self.pending[tensor.name]
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return payload_slice(tensor, self.folder)
+        return None
+
+    def _read(self, model_file: Path) -> None:
+        self.model = parse_file(str(model_file))
+        self.folder = model_file.resolve().parent
+        self.pending = {}
 
     def accept(self, candidate: Path) -> None:
         self.last_good = candidate
 
     def revert(self) -> None:
-        """Back to the last verified state (read back when next needed)."""
-        self._model, self._pending = None, self.last_good
+        """Back to the last verified state."""
+        self._read(self.last_good)
 
     def _data_name(self) -> str:
         return f"{self.path.name}.data"
@@ -140,8 +142,8 @@ class OnnxFixSession:
         if source == self.path:
             source = self.checkpoint()
         staging = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=destination.resolve().parent))
-        same_folder = staging.parent == source.parent.parent
-        move = os.replace if same_folder else shutil.copyfile  # candidates live next to the source
+        same_device = os.stat(staging).st_dev == os.stat(source).st_dev
+        move = os.replace if same_device else shutil.copyfile  # a rename moves no bytes
         try:
             staged_model = staging / destination.name
             move(source, staged_model)
@@ -190,6 +192,9 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # run the graph as written: no fusions that could mask a difference, and the
+    # optimisers' copies of large weights (2x memory on a VGG16 head) are avoided
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
     if feeds is not None:
         return feeds, session.run(None, feeds)

@@ -3,17 +3,26 @@ swap nodes in place (keeping topological order), drop what became unused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from pwlint.errors import FixNotApplicable
+from pwlint.loaders.onnx_wire import LARGE_PAYLOAD, read_payload
 
 
 class Editor:
-    def __init__(self, model: onnx.ModelProto) -> None:
+    """Edits one model. Weights of at least ``LARGE_PAYLOAD`` bytes are never put into
+    the protobuf: they stay in their file (external-data references) or, when a fix
+    makes new ones, in ``pending`` as numpy arrays until the model is written."""
+
+    def __init__(self, model: onnx.ModelProto, folder: Path, pending: dict[str, np.ndarray]) -> None:
         self.model = model
         self.graph = model.graph
+        self.folder = folder
+        self.pending = pending
         self._names: set[str] = set()
         for node in self.graph.node:
             self._names.update(node.output)
@@ -39,26 +48,43 @@ class Editor:
         return None
 
     def array(self, name: str) -> np.ndarray:
+        if name in self.pending:
+            return self.pending[name]
         tensor = self.initializer(name)
         if tensor is None:
             raise FixNotApplicable(f"'{name}' is not a constant weight of the graph")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return read_payload(tensor, self.folder)
         return numpy_helper.to_array(tensor)
 
     def add_initializer(self, base: str, values: np.ndarray) -> str:
         name = self.fresh(base)
-        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(values), name))
+        self._store(name, values)
         return name
 
     def replace_initializer(self, name: str, values: np.ndarray) -> None:
-        tensor = self.initializer(name)
-        tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values.astype(numpy_helper.to_array(tensor).dtype)), name))
+        self.drop_initializers([name], force=True)
+        self._store(name, values)
 
-    def drop_initializers(self, names) -> None:
-        """Remove initializers that only the nodes being replaced read."""
-        names = {n for n in names if n and len(self.consumers(n)) <= 1}
+    def _store(self, name: str, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values)
+        if values.nbytes < LARGE_PAYLOAD:
+            self.graph.initializer.append(numpy_helper.from_array(values, name))
+            return
+        stub = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(values.dtype))
+        stub.dims.extend(values.shape)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        self.graph.initializer.append(stub)
+        self.pending[name] = values
+
+    def drop_initializers(self, names, force: bool = False) -> None:
+        """Remove initializers that only the nodes being replaced read (any, with ``force``)."""
+        names = {n for n in names if n and (force or len(self.consumers(n)) <= 1)}
         kept = [t for t in self.graph.initializer if t.name not in names]
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept)
+        for name in names:
+            self.pending.pop(name, None)
 
     def consumers(self, tensor: str) -> list[onnx.NodeProto]:
         return [node for node in self.graph.node if tensor in node.input]
@@ -110,6 +136,9 @@ class Editor:
         kept_init = [t for t in self.graph.initializer if t.name in used]
         if len(kept_init) != len(self.graph.initializer):
             graph_inputs = [i for i in self.graph.input if i.name in used or i.name not in {t.name for t in self.graph.initializer}]
+            for tensor in self.graph.initializer:
+                if tensor.name not in used:
+                    self.pending.pop(tensor.name, None)
             del self.graph.initializer[:]
             self.graph.initializer.extend(kept_init)
             del self.graph.input[:]

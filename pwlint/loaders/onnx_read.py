@@ -64,8 +64,9 @@ class OnnxModel:
 
 
 def parse_file(path: str):
-    import onnx
     from google.protobuf.message import DecodeError
+
+    from pwlint.loaders.onnx_wire import WireError, read_model
 
     if not os.path.exists(path):
         raise LoadError(f"{path}: no such file")
@@ -74,8 +75,9 @@ def parse_file(path: str):
     if os.path.getsize(path) == 0:
         raise LoadError(f"{path}: empty file, not an ONNX model")
     try:
-        model = onnx.load_model(path, load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, TypeError, OSError) as exc:
+        # weights stay in the file: linting needs their shapes, fixing reads them one by one
+        model = read_model(path)
+    except (DecodeError, WireError, RuntimeError, ValueError, TypeError, OSError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LoadError(f"{path}: not a valid ONNX model (truncated or not protobuf: {detail})") from None
     if model.ir_version <= 0 or not model.HasField("graph"):
