@@ -217,7 +217,10 @@ class Linter:
             raise PwlintError(f"{file_result.path}: no fix backend for the {fmt} format")
         path = file_result.path
         try:
-            report = fix_file(path, backend, lambda graph: self.check_graph(graph, path, settings), self.fix_mode)
+            report = fix_file(
+                path, backend, lambda graph: self.check_graph(graph, path, settings), self.fix_mode,
+                file_result.findings,
+            )
         except PwlintError:
             raise
         except (OSError, MemoryError) as exc:

@@ -122,12 +122,26 @@ def fix_file(
     backend,
     check: Callable[[ModelGraph], list[Finding]],
     mode: FixMode,
+    findings: list[Finding],
 ) -> FixReport:
-    """Fix one model. ``check`` runs the selected rules on a graph."""
+    """Fix one model. ``check`` runs the selected rules on a graph; ``findings`` are
+    the ones linting the file gave."""
     report = FixReport(path=path, dry_run=mode.diff)
     feeds = baseline = None
+    unverifiable = None
     if mode.verify:  # before the model is loaded here: onnxruntime and it need not share memory
-        feeds, baseline = backend.run(Path(path))
+        try:
+            feeds, baseline = backend.run(Path(path))
+        except FixNotApplicable as exc:
+            unverifiable = f"cannot verify: {_reason(exc)} (--no-verify applies fixes without the numeric check)"
+    if unverifiable:
+        for finding in findings:
+            fix = _chosen(finding, mode)
+            if fix is not None:
+                blocked = _why_not(fix, mode)
+                report.outcomes.append(_outcome(finding, fix, False, blocked or unverifiable))
+        report.remaining = findings
+        return report
     session = backend.open(path)
     try:
         _fix_rounds(session, backend, check, mode, report, feeds, baseline)
@@ -195,16 +209,13 @@ def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, report: 
     candidates = []
     for finding in findings:
         key = (finding.code, tuple(finding.nodes))
-        finding.unsafe_allowed = mode.unsafe
-        fix = finding.fix
+        fix = _chosen(finding, mode)
         if fix is None or key in attempted:
             continue
-        if fix.applicability == "unsafe" and not mode.unsafe:
+        why_not = _why_not(fix, mode)
+        if why_not:
             attempted.add(key)
-            report.outcomes.append(_outcome(finding, fix, False, "unsafe fix: use --unsafe-fixes to apply it"))
-        elif fix.blocked:
-            attempted.add(key)
-            report.outcomes.append(_outcome(finding, fix, False, fix.blocked))
+            report.outcomes.append(_outcome(finding, fix, False, why_not))
         else:
             candidates.append((finding, fix))
     if not candidates:
@@ -213,6 +224,19 @@ def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, report: 
     batch = [(f, fix) for f, fix in candidates if f.code == code]
     attempted.update((f.code, tuple(f.nodes)) for f, _ in batch)
     return batch
+
+
+def _why_not(fix: Fix, mode: FixMode) -> str | None:
+    if fix.blocked:
+        return fix.blocked
+    if fix.applicability == "unsafe" and not mode.unsafe:
+        return "unsafe fix: use --unsafe-fixes to apply it"
+    return None
+
+
+def _chosen(finding: Finding, mode: FixMode) -> Fix | None:
+    finding.unsafe_allowed = mode.unsafe
+    return finding.fix
 
 
 def _verify_round(session, backend, mode: FixMode, feeds, current, applied: list[FixOutcome]):

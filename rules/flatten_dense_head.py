@@ -112,21 +112,29 @@ def check(graph: ModelGraph, options: Options):
         if flips % 2:
             layout = "NHWC" if layout == "NCHW" else "NCHW"
         positions = _positions(shape, layout)
-        if positions is None or prod(positions) < options.min_positions:
+        chans = shape[-1] if layout == "NHWC" else shape[1]
+        if positions is None:
+            # dynamic H and W: the dense layer's fan-in still tells how many positions there are
+            fan_in = dense.attrs.get("in_features")
+            if not chans or not fan_in or fan_in % chans:
+                continue
+            count = fan_in // chans
+        else:
+            count = prod(positions)
+        if count < options.min_positions:
             continue
-        yield _finding(graph, flat, dense, shape, layout, positions)
+        yield _finding(graph, flat, dense, chans, layout, positions, count)
 
 
-def _finding(graph: ModelGraph, flat: Layer, dense: Layer, shape: tuple, layout: str, positions: tuple) -> Finding:
-    chans = shape[-1] if layout == "NHWC" else shape[1]
+def _finding(
+    graph: ModelGraph, flat: Layer, dense: Layer, chans: int, layout: str, positions: tuple | None, count: int
+) -> Finding:
     head = _head(graph, dense)
     head_params = sum(layer.params for layer in head)
     units = dense.attrs.get("out_features")
-    features = prod(shape[1:])
-    message = (
-        f"{flat.op} '{flat.name}' turns a {chans}x{'x'.join(map(str, positions))} feature map "
-        f"into dense layer '{dense.name}'"
-    )
+    features = chans * count
+    size = "x".join(map(str, positions)) if positions else f"HxW (H*W = {count}, H and W dynamic)"
+    message = f"{flat.op} '{flat.name}' turns a {chans}x{size} feature map into dense layer '{dense.name}'"
     fixes = []
     if units and chans:
         pointwise_first = chans * units + (units if dense.attrs.get("bias") else 0)
@@ -142,17 +150,19 @@ def _finding(graph: ModelGraph, flat: Layer, dense: Layer, shape: tuple, layout:
     return Finding(message=message, nodes=[flat.name, dense.name], fixes=fixes)
 
 
-def _fixes(flat: Layer, head: list[Layer], chans: int, positions: tuple, layout: str, before: int, after: int) -> list[Fix]:
+def _fixes(flat: Layer, head: list[Layer], chans: int, positions: tuple | None, layout: str, before: int, after: int) -> list[Fix]:
     blocked = None
-    if any(layer.attrs.get("shared_weights") for layer in head):
+    if positions is None:
+        blocked = "the feature map's height and width are dynamic, so the conv kernel size is unknown"
+    elif any(layer.attrs.get("shared_weights") for layer in head):
         blocked = "a dense layer of the head shares its weights with another layer"
     elif any(layer.params == 0 for layer in head):
         blocked = "a dense layer of the head takes its weights as a graph input"
     plan = {
         "flatten": flat.name, "denses": [layer.name for layer in head],
-        "channels": chans, "positions": list(positions), "layout": layout,
+        "channels": chans, "positions": list(positions or ()), "layout": layout,
     }
-    kernel = "x".join(map(str, positions))
+    kernel = "x".join(map(str, positions)) if positions else "HxW"
     rest = f", and the {len(head) - 1} dense layer(s) after it by 1x1 convs" if len(head) > 1 else ""
     return [
         Fix(

@@ -81,6 +81,11 @@ def _unnormalised_successor(graph: ModelGraph, conv: Layer) -> Layer | None:
     return None
 
 
+def _count(items, noun: str) -> str:
+    n = sum(1 for _ in items)
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def check(graph: ModelGraph, options: NoOptions):
     unnormalised = []
     for conv in graph.layers("conv"):
@@ -95,7 +100,7 @@ def check(graph: ModelGraph, options: NoOptions):
         yield Finding(
             severity=Severity.INFO,
             message=(
-                f"the model has {sum(1 for _ in graph.layers('conv'))} convolutions and no normalisation "
+                f"the model has {_count(graph.layers('conv'), 'convolution')} and no normalisation "
                 "layer, so normalisation cannot be checked here; if BatchNorm was folded into the "
                 "convolutions at export, export with it kept (torch.onnx.export(..., dynamo=False, "
                 "training=torch.onnx.TrainingMode.PRESERVE), or optimize=False with the dynamo exporter)"

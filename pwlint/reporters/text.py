@@ -17,7 +17,7 @@ class TextReporter:
             if file.fix is not None:
                 stream.write(fix_summary(file.fix) + "\n")
         for finding in result.findings:
-            fixable = f" [{finding.fix.applicability} fix]" if finding.fix else ""
+            fixable = f" [{finding.fix.applicability} fix]" if finding.fix and not finding.fix.blocked else ""
             stream.write(f"{finding.path}: {finding.code} ({finding.severity.value}) {finding.message}{fixable}\n")
         stream.write(summary(result) + "\n")
 

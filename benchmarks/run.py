@@ -1,0 +1,397 @@
+"""Time and peak memory of pwlint on a VGG16-sized ONNX model.
+
+    python benchmarks/run.py [--quick] [--repeat N] [--workdir DIR]
+
+Generates (once, cached in the workdir) a VGG16-shaped float32 ONNX model with
+random weights, about 530 MB, using onnx.helper and numpy only, then measures,
+each run in a fresh Python process:
+
+- ``pwlint MODEL`` (lint),
+- ``onnx.load(MODEL)``, the baseline lint is compared against,
+- ``pwlint MODEL --fix -o OUT`` (fix, verified with onnxruntime: the default),
+- ``pwlint MODEL --fix --no-verify -o OUT``,
+
+and prints a Markdown table of the median time and the peak RSS of each.
+``--quick`` uses a model with 1/8 of the channels and dense units, for a smoke run.
+It measures and never gates: the exit code is 0 unless the script itself breaks.
+
+How it measures: every run is ``python -c WRAPPER ...``; the wrapper imports what
+the run needs, runs it, and prints its own time (from before the imports to the
+end, so ``pwlint`` and ``onnx.load`` both pay for importing onnx) and
+``getrusage(RUSAGE_SELF).ru_maxrss``. On Linux the child's ``ru_maxrss`` starts at
+the RSS of the process that spawned it, so this script never imports onnx or
+numpy itself: the model is generated in a child process too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+#: VGG16's feature extractor ("M" is a 2x2 max pool), classifier widths and classes
+VGG16_FEATURES = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+VGG16_HIDDEN, VGG16_CLASSES = 4096, 1000
+INPUT_SIZE = 224
+QUICK_DIVISOR = 8
+
+#: the targets of the fix with verification
+FIX_TIME_TARGET_S = 30.0
+FIX_RSS_TARGET_RATIO = 3.0
+#: a fix row stops repeating once one run takes longer than this
+SLOW_RUN_S = 90.0
+#: per-run timeout
+RUN_TIMEOUT_S = 1800
+
+MB = 1 << 20
+MARKER = "@@PWBENCH "
+
+WRAPPER = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+kind, args = sys.argv[1], sys.argv[2:]
+if kind == "pwlint":
+    from pwlint.cli import main
+    try:
+        rc = main(args)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 2
+elif kind == "onnx.load":
+    import onnx
+    onnx.load(args[0])
+    rc = 0
+else:
+    raise SystemExit(f"unknown run kind {kind!r}")
+seconds = time.perf_counter() - t0
+sys.stdout.flush()
+maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.platform == "darwin":  # bytes there, KiB on Linux
+    maxrss_kib //= 1024
+print("@@PWBENCH " + json.dumps({"rc": rc, "seconds": seconds, "maxrss_kib": maxrss_kib}), flush=True)
+"""
+
+
+# --- the model ------------------------------------------------------------------
+
+
+def model_spec(quick: bool) -> tuple[list, int, int]:
+    """Features config, hidden width and classes of the full or the quick model."""
+    if not quick:
+        return VGG16_FEATURES, VGG16_HIDDEN, VGG16_CLASSES
+    features = [c if c == "M" else c // QUICK_DIVISOR for c in VGG16_FEATURES]
+    return features, VGG16_HIDDEN // QUICK_DIVISOR, VGG16_CLASSES // QUICK_DIVISOR
+
+
+def parameter_count(quick: bool) -> int:
+    features, hidden, classes = model_spec(quick)
+    count, channels, size = 0, 3, INPUT_SIZE
+    for item in features:
+        if item == "M":
+            size //= 2
+            continue
+        count += item * channels * 9 + item
+        channels = item
+    flat = channels * size * size
+    for fan_in, fan_out in ((flat, hidden), (hidden, hidden), (hidden, classes)):
+        count += fan_in * fan_out + fan_out
+    return count
+
+
+def expected_size_range(quick: bool) -> tuple[int, int]:
+    """Bounds of a correctly written model file: the raw float32 payload plus a
+    little protobuf framing and graph structure."""
+    payload = 4 * parameter_count(quick)
+    return payload, payload + 256 * 1024
+
+
+def generate_model(path: Path, quick: bool) -> None:
+    """Write the model (run in a child process: it imports numpy and onnx)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    features, hidden, classes = model_spec(quick)
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+
+    def param(name: str, shape: tuple[int, ...], std: float) -> str:
+        array = rng.standard_normal(shape, dtype=np.float32)
+        array *= np.float32(std)
+        inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    current, channels, size, index = "input", 3, INPUT_SIZE, 0
+    for item in features:
+        prefix = f"features.{index}"
+        if item == "M":
+            out = f"/{prefix}/MaxPool_output_0"
+            nodes.append(helper.make_node(
+                "MaxPool", [current], [out], name=f"/{prefix}/MaxPool", kernel_shape=[2, 2], strides=[2, 2]))
+            current, size, index = out, size // 2, index + 1
+            continue
+        weight = param(f"{prefix}.weight", (item, channels, 3, 3), (2.0 / (channels * 9)) ** 0.5)
+        bias = param(f"{prefix}.bias", (item,), 0.01)
+        conv_out = f"/{prefix}/Conv_output_0"
+        nodes.append(helper.make_node(
+            "Conv", [current, weight, bias], [conv_out], name=f"/{prefix}/Conv",
+            kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1], group=1))
+        relu_out = f"/features.{index + 1}/Relu_output_0"
+        nodes.append(helper.make_node("Relu", [conv_out], [relu_out], name=f"/features.{index + 1}/Relu"))
+        current, channels, index = relu_out, item, index + 2
+
+    nodes.append(helper.make_node("Flatten", [current], ["/Flatten_output_0"], name="/Flatten", axis=1))
+    current, fan_in = "/Flatten_output_0", channels * size * size
+    layers = [(0, hidden, True), (3, hidden, True), (6, classes, False)]
+    for number, (index, fan_out, relu) in enumerate(layers):
+        prefix = f"classifier.{index}"
+        weight = param(f"{prefix}.weight", (fan_out, fan_in), (2.0 / fan_in) ** 0.5)
+        bias = param(f"{prefix}.bias", (fan_out,), 0.01)
+        out = "output" if number == len(layers) - 1 else f"/{prefix}/Gemm_output_0"
+        nodes.append(helper.make_node(
+            "Gemm", [current, weight, bias], [out], name=f"/{prefix}/Gemm", alpha=1.0, beta=1.0, transB=1))
+        current, fan_in = out, fan_out
+        if relu:
+            relu_out = f"/classifier.{index + 1}/Relu_output_0"
+            nodes.append(helper.make_node("Relu", [current], [relu_out], name=f"/classifier.{index + 1}/Relu"))
+            current = relu_out
+
+    graph = helper.make_graph(
+        nodes, "vgg16" + ("_quick" if quick else ""),
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, INPUT_SIZE, INPUT_SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, classes])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, producer_name="pwlint-benchmarks")
+    del inits, graph
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def ensure_model(workdir: Path, quick: bool) -> tuple[Path, bool]:
+    """The cached model, generated in a child process when missing or wrong-sized."""
+    path = workdir / ("vgg16-quick.onnx" if quick else "vgg16.onnx")
+    low, high = expected_size_range(quick)
+    if path.is_file() and low <= path.stat().st_size <= high:
+        return path, False
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--_generate", str(path)]
+    if quick:
+        command.append("--quick")
+    subprocess.run(command, check=True, timeout=RUN_TIMEOUT_S)
+    size = path.stat().st_size
+    if not low <= size <= high:
+        raise RuntimeError(f"generated {path} is {size} bytes, expected {low}..{high}")
+    return path, True
+
+
+# --- the runs -------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    seconds: float
+    maxrss_mb: float
+    rc: int
+    stdout: str
+
+    @property
+    def fixed(self) -> int | None:
+        """How many findings --fix reports fixing (None: not a fix run, or no summary)."""
+        match = re.search(r": (?:fixed|would fix) (\d+) finding", self.stdout)
+        return int(match.group(1)) if match else None
+
+
+@dataclass
+class Task:
+    label: str
+    kind: str  # "pwlint" or "onnx.load"
+    args: list[str]
+    output: Path | None = None  # --fix -o target, deleted after every run
+    may_shorten: bool = False  # repeat less when a run is slow
+    ok_codes: tuple[int, ...] = (0,)
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(s.seconds for s in self.samples)
+
+    @property
+    def maxrss_mb(self) -> float:
+        return statistics.median(s.maxrss_mb for s in self.samples)
+
+
+def run_once(task: Task) -> Sample:
+    if task.output is not None:
+        task.output.unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", WRAPPER, task.kind, *task.args],
+            capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        )
+    finally:
+        written = task.output is not None and task.output.exists()
+        if task.output is not None:
+            task.output.unlink(missing_ok=True)
+    lines = proc.stdout.splitlines()
+    reports = [line for line in lines if line.startswith(MARKER)]
+    if proc.returncode != 0 or not reports:
+        tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        raise RuntimeError(f"exit code {proc.returncode}: {tail}")
+    report = json.loads(reports[-1][len(MARKER):])
+    stdout = "\n".join(line for line in lines if not line.startswith(MARKER))
+    if report["rc"] not in task.ok_codes:
+        tail = (proc.stderr.strip().splitlines() or stdout.splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"pwlint exit code {report['rc']}: {tail}")
+    if task.output is not None and not written:
+        raise RuntimeError(f"no fixed model was written to {task.output}")
+    return Sample(report["seconds"], report["maxrss_kib"] / 1024, report["rc"], stdout)
+
+
+def measure(task: Task, repeat: int) -> None:
+    for _ in range(repeat):
+        try:
+            sample = run_once(task)
+        except Exception as exc:  # report it in the table, keep measuring the rest
+            task.errors.append(f"{type(exc).__name__}: {exc}")
+            break
+        task.samples.append(sample)
+        if task.may_shorten and sample.seconds > SLOW_RUN_S:
+            break
+
+
+# --- the report -----------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in ("onnx", "onnxruntime", "numpy", "pwlint"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def table(tasks: list[Task], lint: Task, load: Task, fix: Task, file_mb: float, repeat: int) -> list[str]:
+    rows = ["| task | median time (s) | peak RSS (MB) | RSS / file size | target | met? |",
+            "| --- | ---: | ---: | ---: | --- | --- |"]
+    for task in tasks:
+        count = len(task.samples)
+        runs = f"{count} run{'s' if count != 1 else ''}"
+        if task.may_shorten and 0 < count < repeat and not task.errors:
+            runs += f" of {repeat}: a run took over {SLOW_RUN_S:g} s"
+        if not task.samples:
+            rows.append(f"| {task.label} | error | error | error | {_target(task, fix)} | error |")
+            continue
+        rss_ratio = task.maxrss_mb / file_mb
+        if task is fix:
+            misses = [what for what, ok in (("time", task.seconds < FIX_TIME_TARGET_S),
+                                            ("RSS", rss_ratio < FIX_RSS_TARGET_RATIO)) if not ok]
+            if _nothing_fixed(task):
+                misses.append("nothing was fixed, see below")
+            met = "yes" if not misses else f"no ({', '.join(misses)})"
+        else:
+            met = "- (nothing was fixed, see below)" if _nothing_fixed(task) else "-"
+        rows.append(f"| {task.label} ({runs}) | {task.seconds:.2f} | {task.maxrss_mb:.1f} | "
+                    f"{rss_ratio:.2f}x | {_target(task, fix)} | {met} |")
+    if lint.samples and load.samples:
+        rows.append(f"| lint / onnx.load | {lint.seconds / load.seconds:.2f}x | "
+                    f"{lint.maxrss_mb / load.maxrss_mb:.2f}x | - | ratios only (targets: another issue) | - |")
+    else:
+        rows.append("| lint / onnx.load | error | error | - | ratios only (targets: another issue) | error |")
+    return rows
+
+
+def _nothing_fixed(task: Task) -> bool:
+    return task.output is not None and any(s.fixed in (0, None) for s in task.samples)
+
+
+def _target(task: Task, fix: Task) -> str:
+    if task is fix:
+        return f"< {FIX_TIME_TARGET_S:g} s and < {FIX_RSS_TARGET_RATIO:g}x file size"
+    return "-"
+
+
+def fix_notes(task: Task) -> list[str]:
+    """What the first fix run reported doing, so a rolled-back fix is not mistaken for a fast one."""
+    if not task.samples:
+        return []
+    keep = [line.strip() for line in task.samples[0].stdout.splitlines()
+            if line.lstrip().startswith(("applied:", "not applied:", "outputs vs.", "parameters "))
+            or ": fixed " in line]
+    return [f"- {task.label}: {line}" for line in keep]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"a model with 1/{QUICK_DIVISOR} of the channels, for a smoke run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per task; the median is shown (default 3)")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "pwlint-bench",
+                        help="where the generated model is cached (default: %(default)s)")
+    parser.add_argument("--_generate", metavar="PATH", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._generate:
+        generate_model(Path(args._generate), args.quick)
+        return 0
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+
+    started = time.perf_counter()
+    workdir = args.workdir.resolve()
+    model, generated = ensure_model(workdir, args.quick)
+    out = workdir / f"{model.stem}-fixed.onnx"
+    file_mb = model.stat().st_size / MB
+    source_stat = model.stat()
+
+    lint = Task("pwlint MODEL (lint)", "pwlint", [str(model)], ok_codes=(0, 1))
+    load = Task("onnx.load(MODEL)", "onnx.load", [str(model)])
+    fix = Task("pwlint MODEL --fix -o OUT (verified)", "pwlint", [str(model), "--fix", "-o", str(out)],
+               output=out, may_shorten=True, ok_codes=(0, 1))
+    fix_nv = Task("pwlint MODEL --fix --no-verify -o OUT", "pwlint",
+                  [str(model), "--fix", "--no-verify", "-o", str(out)], output=out, may_shorten=True, ok_codes=(0, 1))
+    tasks = [lint, load, fix, fix_nv]
+    for task in tasks:
+        measure(task, args.repeat)
+    if model.stat().st_mtime_ns != source_stat.st_mtime_ns or model.stat().st_size != source_stat.st_size:
+        sys.stderr.write(f"warning: {model} changed during the benchmark; it will be regenerated next time\n")
+        model.unlink(missing_ok=True)
+
+    found = versions()
+    print(f"Machine: {platform.system()} {platform.machine()}, os.cpu_count()={os.cpu_count()}, "
+          f"Python {platform.python_version()}, onnx {found['onnx']}, onnxruntime {found['onnxruntime']}, "
+          f"numpy {found['numpy']}, pwlint {found['pwlint']}; "
+          f"model {model.name} ({'quick, 1/%d channels' % QUICK_DIVISOR if args.quick else 'VGG16-sized'}) "
+          f"{file_mb:.1f} MB{' (generated now)' if generated else ' (cached)'}; MB = 2^20 bytes")
+    print()
+    print("\n".join(table(tasks, lint, load, fix, file_mb, args.repeat)))
+    print()
+    print(f"Time: median wall time in a fresh Python process, imports included. Peak RSS: ru_maxrss of that "
+          f"process. Fix target: verified fix under {FIX_TIME_TARGET_S:g} s and under "
+          f"{FIX_RSS_TARGET_RATIO:g}x the file size.")
+    notes = fix_notes(fix) + fix_notes(fix_nv)
+    errors = [f"- {task.label}: {error}" for task in tasks for error in task.errors]
+    if notes:
+        print("\nWhat --fix reported (first run):")
+        print("\n".join(notes))
+    if errors:
+        print("\nErrors:")
+        print("\n".join(errors))
+    print(f"\nWhole benchmark: {time.perf_counter() - started:.0f} s{' (including model generation)' if generated else ''}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

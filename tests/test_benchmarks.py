@@ -1,0 +1,43 @@
+"""benchmarks/run.py keeps working: a smoke run on the quick model prints the whole table."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+ROWS = (
+    "pwlint MODEL (lint)",
+    "onnx.load(MODEL)",
+    "pwlint MODEL --fix -o OUT (verified)",
+    "pwlint MODEL --fix --no-verify -o OUT",
+    "lint / onnx.load",
+)
+NUMBER = re.compile(r"^\d+(\.\d+)?x?$")
+
+
+def test_quick_benchmark_prints_the_table(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--repeat", "1", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("Machine: "), out
+    assert "os.cpu_count()=" in out and "onnxruntime " in out and " MB" in out.splitlines()[0]
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| task | median time (s) | peak RSS (MB) | RSS / file size | target | met? |"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert len(rows) == len(ROWS), out
+    for row, label in zip(rows, ROWS):
+        assert row[0].startswith(label), (row, out)
+        assert len(row) == 6, row
+        numeric = row[1:3] if label == "lint / onnx.load" else row[1:4]
+        for cell in numeric:
+            assert NUMBER.match(cell), (row, out)
+    assert "Errors:" not in out, out
+    # the fix really changed the model; the cached model stays for the next run, the outputs are gone
+    assert "nothing was fixed" not in out, out
+    assert [p.name for p in tmp_path.iterdir()] == ["vgg16-quick.onnx"]
