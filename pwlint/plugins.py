@@ -19,6 +19,8 @@ DISABLE_AUTOLOAD_ENV = "PWLINT_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_PLUGINS = (
     "pwlint_rules",
     "pwlint.loaders.onnx_loader",
+    "pwlint.loaders.keras_loader",
+    "pwlint.loaders.torch_loader",
     "pwlint.reporters.text",
     "pwlint.reporters.json",
 )
