@@ -106,10 +106,17 @@ def compare(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, f
         b64, a64 = np.asarray(b, np.float64), np.asarray(a, np.float64)
         if b64.size == 0:
             continue
-        delta = np.abs(a64 - b64)
+        # a NaN or inf the original has too is unchanged; one the fix made is an infinite difference
+        same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
+        with np.errstate(invalid="ignore"):
+            delta = np.where(same, 0.0, np.abs(a64 - b64))
+        delta[np.isnan(delta)] = np.inf
+        finite = np.abs(b64[np.isfinite(b64)])
+        scale = max(float(finite.max()) if finite.size else 0.0, 1e-30)
         worst_abs = max(worst_abs, float(delta.max()))
-        worst_rel = max(worst_rel, float(delta.max() / max(np.abs(b64).max(), 1e-30)))
-        close = close and bool(np.all(delta <= ATOL + RTOL * np.abs(b64)))
+        worst_rel = max(worst_rel, float(delta.max() / scale))
+        with np.errstate(invalid="ignore"):
+            close = close and bool(np.all(same | (np.isfinite(delta) & (delta <= ATOL + RTOL * np.abs(b64)))))
     return worst_abs, worst_rel, close
 
 
@@ -127,23 +134,25 @@ def fix_file(
     """Fix one model. ``check`` runs the selected rules on a graph; ``findings`` are
     the ones linting the file gave."""
     report = FixReport(path=path, dry_run=mode.diff)
-    feeds = baseline = None
-    unverifiable = None
-    if mode.verify:  # before the model is loaded here: onnxruntime and it need not share memory
-        try:
-            feeds, baseline = backend.run(Path(path))
-        except FixNotApplicable as exc:
-            unverifiable = f"cannot verify: {_reason(exc)} (--no-verify applies fixes without the numeric check)"
-    if unverifiable:
-        for finding in findings:
-            fix = _chosen(finding, mode)
-            if fix is not None:
-                blocked = _why_not(fix, mode)
-                report.outcomes.append(_outcome(finding, fix, False, blocked or unverifiable))
-        report.remaining = findings
-        return report
+    # opened first, so that a model the backend refuses (external data outside its folder)
+    # is an error before anything runs; the session holds the graph's structure, not its weights
     session = backend.open(path)
     try:
+        feeds = baseline = None
+        unverifiable = None
+        if mode.verify:
+            try:
+                feeds, baseline = backend.run(Path(path))
+            except Exception as exc:  # whatever the runtime raised: a candidate's run is judged alike
+                unverifiable = f"cannot verify: {_reason(exc)} (--no-verify applies fixes without the numeric check)"
+        if unverifiable:
+            for finding in findings:
+                fix = _chosen(finding, mode)
+                if fix is not None:
+                    blocked = _why_not(fix, mode)
+                    report.outcomes.append(_outcome(finding, fix, False, blocked or unverifiable))
+            report.remaining = findings
+            return report
         _fix_rounds(session, backend, check, mode, report, feeds, baseline)
     finally:
         session.close()
@@ -244,6 +253,8 @@ def _verify_round(session, backend, mode: FixMode, feeds, current, applied: list
     safe = all(o.applicability == "safe" for o in applied)
     try:
         candidate = session.checkpoint()
+    except OSError:
+        raise  # the disk, not the fix (no space, no permission): stop, the model is untouched
     except Exception as exc:
         return _roll_back(session, applied, f"the ONNX checker rejected the result: {_reason(exc)}", current)
     if not mode.verify:
@@ -253,11 +264,13 @@ def _verify_round(session, backend, mode: FixMode, feeds, current, applied: list
         _, outputs = backend.run(candidate, feeds)
     except Exception as exc:
         return _roll_back(session, applied, f"the fixed model does not run: {_reason(exc)}", current)
+    if len(outputs) != len(current) or any(np.shape(a) != np.shape(b) for a, b in zip(outputs, current)):
+        return _roll_back(session, applied, "the fixed model's outputs changed shape", current)
     worst_abs, worst_rel, close = compare(current, outputs)
+    if worst_abs == float("inf"):
+        return _roll_back(session, applied, "the fixed model's outputs have NaN or inf where the original's do not", current)
     for outcome in applied:
         outcome.max_abs_diff, outcome.max_rel_diff = worst_abs, worst_rel
-    if worst_abs == float("inf"):
-        return _roll_back(session, applied, "the fixed model's outputs changed shape", current)
     if safe and not close:
         return _roll_back(
             session, applied,

@@ -95,6 +95,19 @@ def _head(graph: ModelGraph, first: Layer) -> list[Layer]:
         current = nxt
 
 
+def _stop(graph: ModelGraph, last: Layer) -> str:
+    """Why a dense layer after the head stays dense: a layer between them that works
+    across the features (Softmax, LayerNorm) would see the wrong axis of a conv's
+    [N, F, 1, 1] output. Empty when no dense layer follows."""
+    blocker = sole_consumer(graph, last, through=_per_feature)
+    if blocker is None or blocker.kind == "dense":
+        return ""
+    dense = sole_consumer(graph, blocker, through=lambda layer: layer.kind in ("act", "norm") or is_transparent(layer))
+    if dense is None or dense.kind != "dense":
+        return ""
+    return f"; '{dense.name}' stays dense: the {blocker.op} '{blocker.name}' before it works across the features"
+
+
 def check(graph: ModelGraph, options: Options):
     for dense in graph.layers("dense"):
         if dense.attrs.get("per_position"):
@@ -146,11 +159,14 @@ def _finding(
         )
         if len(head) > 1:
             message += f", and the head {human(pointwise)} instead of {human(head_params)}"
-        fixes = _fixes(flat, head, chans, positions, layout, dense.params, pointwise_first)
+        fixes = _fixes(flat, head, chans, positions, layout, dense.params, pointwise_first, _stop(graph, head[-1]))
     return Finding(message=message, nodes=[flat.name, dense.name], fixes=fixes)
 
 
-def _fixes(flat: Layer, head: list[Layer], chans: int, positions: tuple | None, layout: str, before: int, after: int) -> list[Fix]:
+def _fixes(
+    flat: Layer, head: list[Layer], chans: int, positions: tuple | None, layout: str, before: int, after: int,
+    stop: str = "",
+) -> list[Fix]:
     blocked = None
     if positions is None:
         blocked = "the feature map's height and width are dynamic, so the conv kernel size is unknown"
@@ -164,6 +180,7 @@ def _fixes(flat: Layer, head: list[Layer], chans: int, positions: tuple | None, 
     }
     kernel = "x".join(map(str, positions)) if positions else "HxW"
     rest = f", and the {len(head) - 1} dense layer(s) after it by 1x1 convs" if len(head) > 1 else ""
+    rest += stop
     return [
         Fix(
             "safe",

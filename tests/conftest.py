@@ -255,3 +255,128 @@ def mentions(message: str, count: int) -> bool:
 def findings(report: dict, code: str) -> list[dict]:
     """The findings of one rule in a report."""
     return [f for f in report["findings"] if f["code"] == code]
+
+
+# Fixing: copies of models, parameters counted from the file, outputs from onnxruntime ---
+
+def copy_model(source: str | Path, folder: Path, name: str | None = None) -> Path:
+    """Copy a model file into ``folder`` (so that ``--fix`` never rewrites a cached export)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (name or Path(source).name)
+    shutil.copyfile(source, target)
+    return target
+
+
+def float_params(path: str | Path) -> int:
+    """Parameters of a model file: elements of its floating-point initializers, counted
+    from their shapes (weights in external data are not read)."""
+    from math import prod
+
+    import onnx
+
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    model = onnx.load_model(str(path), load_external_data=False)
+    return sum(prod(t.dims) for t in model.graph.initializer if t.data_type in floating)
+
+
+def sample_inputs(path: str | Path, seed: int = 0, symbolic: int = 1) -> dict:
+    """Random float inputs for every input of a model, symbolic dimensions set to ``symbolic``."""
+    import numpy as np
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else symbolic for d in dims]
+        feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def run_onnx(path: str | Path, feeds: dict) -> list:
+    """Outputs of a model file in onnxruntime (CPU), external data included."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def max_output_diff(original: str | Path, fixed: str | Path, seeds=(0, 1, 2), symbolic: int = 1) -> float:
+    """Largest absolute output difference between two models on the same random inputs;
+    asserts that they have the same outputs of the same shapes."""
+    import numpy as np
+
+    worst = 0.0
+    for seed in seeds:
+        feeds = sample_inputs(original, seed, symbolic)
+        before, after = run_onnx(original, feeds), run_onnx(fixed, feeds)
+        assert len(before) == len(after)
+        for b, a in zip(before, after):
+            assert a.shape == b.shape, (a.shape, b.shape)
+            worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))))
+    return worst
+
+
+def assert_same_outputs(original: str | Path, fixed: str | Path, seeds=(0, 1, 2), symbolic: int = 1,
+                        rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Both models give the same outputs, within the tolerance of a safe fix, on random inputs."""
+    import numpy as np
+
+    for seed in seeds:
+        feeds = sample_inputs(original, seed, symbolic)
+        before, after = run_onnx(original, feeds), run_onnx(fixed, feeds)
+        assert len(before) == len(after)
+        for b, a in zip(before, after):
+            assert a.shape == b.shape, (a.shape, b.shape)
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def randomised(model, seed: int = 0):
+    """``model`` with every floating-point initializer filled with random values (BatchNorm
+    variances positive), so that a rewrite that gets a weight wrong shows in the outputs."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    identity = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+    variances = set()
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and len(node.input) > 4:
+            name = node.input[4]
+            while name in identity:  # the legacy exporter shares equal weights through Identity
+                name = identity[name]
+            variances.add(name)
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype.kind != "f":
+            continue
+        fresh = rng.standard_normal(values.shape) * 0.3
+        if tensor.name in variances:
+            fresh = np.abs(fresh) + 0.5
+        tensor.CopyFrom(numpy_helper.from_array(fresh.astype(values.dtype), tensor.name))
+    return model
+
+
+def fix_json(path: str | Path, *args: str) -> tuple[Run, dict]:
+    """``pwlint PATH --format json ARGS`` in-process; returns the run and the parsed report.
+    Asserts that the run did not fail (exit 0 or 1, nothing on stderr)."""
+    import json
+
+    run = run_inprocess("check", str(path), "--format", "json", *args)
+    assert run.code in (0, 1), (run.code, run.err)
+    assert run.err == "", run.err
+    return run, json.loads(run.out)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """pwlint's temporary files and folders left in ``folder``."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith(".pwlint-"))

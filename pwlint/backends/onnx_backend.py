@@ -144,6 +144,7 @@ class OnnxFixSession:
         staging = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=destination.resolve().parent))
         same_device = os.stat(staging).st_dev == os.stat(source).st_dev
         move = os.replace if same_device else shutil.copyfile  # a rename moves no bytes
+        previous_data = placed_data = None
         try:
             staged_model = staging / destination.name
             move(source, staged_model)
@@ -159,8 +160,20 @@ class OnnxFixSession:
                             if entry.key == "location":
                                 entry.value = staged_data.name
                     onnx.save_model(model, str(staged_model))
-                os.replace(staged_data, destination.parent / staged_data.name)
-            os.replace(staged_model, destination)
+                placed_data = destination.parent / staged_data.name
+                if placed_data.exists():  # the data the model in place reads: kept until the model is replaced
+                    previous_data = staging / "previous.data"
+                    try:
+                        os.link(placed_data, previous_data)
+                    except OSError:  # a file system without hard links
+                        shutil.copyfile(placed_data, previous_data)
+                os.replace(staged_data, placed_data)
+            try:
+                os.replace(staged_model, destination)
+            except BaseException:
+                if previous_data is not None:
+                    os.replace(previous_data, placed_data)
+                raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -196,7 +209,10 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
     # run the graph as written: no fusions that could mask a difference, and the
     # optimisers' copies of large weights (2x memory on a VGG16 head) are avoided
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # an operator onnxruntime does not have, an invalid graph
+        raise FixNotApplicable(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
     run_options = ort.RunOptions()
     run_options.log_severity_level = 4
     if feeds is not None:

@@ -154,19 +154,34 @@ def pool_pointwise_head(editor: Editor, graph: ModelGraph, plan: dict) -> str:
     return _rewrite_head(editor, graph, plan, pool=True)
 
 
+def _constant_source(editor: Editor, name: str) -> str:
+    """The initializer behind ``name``, seen through Identity nodes: the legacy torch
+    exporter stores equal weights once (a BatchNorm's zero running mean and zero bias)
+    and gives the other name by an Identity."""
+    seen = set()
+    while editor.initializer(name) is None and name not in seen:
+        seen.add(name)
+        node = editor.producer(name)
+        if node is None or node.op_type != "Identity":
+            break
+        name = node.input[0]
+    return name
+
+
 def fold_bias_into_norm(editor: Editor, graph: ModelGraph, plan: dict) -> str:
     conv = graph.layer(plan["conv"]).source[0].proto
     norm = graph.layer(plan["norm"]).source[0].proto
     if len(conv.input) < 3 or not conv.input[2]:
         raise FixNotApplicable(f"'{plan['conv']}' has no bias")
-    bias = editor.array(conv.input[2])
+    bias = editor.array(_constant_source(editor, conv.input[2]))
     if plan["norm_type"] == "batch":
         training = [a for a in norm.attribute if a.name == "training_mode" and a.i]
         if training:
             raise FixNotApplicable("the BatchNormalization runs in training mode")
-        mean = editor.array(norm.input[3])
+        mean_source = _constant_source(editor, norm.input[3])
+        mean = editor.array(mean_source)
         folded = (mean.astype(np.float64) - bias.astype(np.float64)).astype(mean.dtype)
-        if len(editor.consumers(norm.input[3])) > 1:
+        if mean_source != norm.input[3] or len(editor.consumers(norm.input[3])) > 1:
             norm.input[3] = editor.add_initializer(f"{norm.input[3]}_folded", folded)
         else:
             editor.replace_initializer(norm.input[3], folded)
