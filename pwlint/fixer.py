@@ -166,9 +166,10 @@ def _fix_rounds(session, backend, check, mode: FixMode, report: FixReport, feeds
     report.size_before = session.file_size(session.path)
     current = baseline
     attempted: set[tuple] = set()
+    skipped: dict[tuple, FixOutcome] = {}
     findings = check(graph)
     for _ in range(MAX_ROUNDS):
-        batch = _next_batch(findings, attempted, mode, report)
+        batch = _next_batch(findings, attempted, mode, skipped)
         if not batch:
             break
         round_outcomes = []
@@ -198,6 +199,8 @@ def _fix_rounds(session, backend, check, mode: FixMode, report: FixReport, feeds
         findings = check(session.graph())
     graph = session.graph()
     report.remaining = findings
+    remaining = {(f.code, tuple(f.nodes)) for f in findings}
+    report.outcomes += [outcome for key, outcome in skipped.items() if key in remaining]
     report.after = model_stats(graph)
     final_layers = {layer.name: layer.op for layer in graph.layers()}
     report.layers_removed = [f"{n} ({op})" for n, op in original_layers.items() if n not in final_layers]
@@ -213,7 +216,7 @@ def _fix_rounds(session, backend, check, mode: FixMode, report: FixReport, feeds
         report.written = target
 
 
-def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, report: FixReport) -> list:
+def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, skipped: dict) -> list:
     """The fixable findings of the lowest rule code not yet attempted."""
     candidates = []
     for finding in findings:
@@ -223,8 +226,8 @@ def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, report: 
             continue
         why_not = _why_not(fix, mode)
         if why_not:
-            attempted.add(key)
-            report.outcomes.append(_outcome(finding, fix, False, why_not))
+            # reported at the end, and only if the finding is still there then
+            skipped[key] = _outcome(finding, fix, False, why_not)
         else:
             candidates.append((finding, fix))
     if not candidates:

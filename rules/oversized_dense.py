@@ -1,8 +1,9 @@
 """PW002 oversized-dense: a fully-connected layer that dominates the parameter budget.
 
 ## What it does
-Finds fully-connected (dense) layers with more parameters than `max-params`
-(default 4,194,304, i.e. 4M). Dense layers applied per position of a sequence
+Finds fully-connected layers with more parameters than `max-params` (default
+4,194,304, i.e. 4M): dense layers, and convolutions whose kernel covers their
+whole input (a Flatten + Dense head rewritten as convolutions is still as big). Dense layers applied per position of a sequence
 or feature map (transformer MLPs, ConvNeXt pointwise layers) are not reported:
 their cost is shared across positions. Ordinary classifiers on pooled features
 (a 1000-class layer on 512 to 2048 features) stay below the default.
@@ -28,10 +29,12 @@ Dense(in -> r) -> Dense(r -> out) with r much smaller than in and out.
 
 from __future__ import annotations
 
+from math import prod
+
 from pydantic import Field
 
 from pwlint.findings import Finding, Fix, Severity
-from pwlint.ir import ModelGraph
+from pwlint.ir import Layer, ModelGraph, spatial_size
 from pwlint.rule import Rule, RuleOptions
 from pwlint.units import human
 
@@ -50,21 +53,37 @@ class Options(RuleOptions):
     )
 
 
+def _fully_connected(layer: Layer) -> tuple[int | None, int | None, str] | None:
+    """(fan-in, fan-out, what to call it) for a layer that connects every input to every
+    output: a dense layer applied once per sample, or a conv whose kernel covers its
+    whole input (a convolutionalised head: PW001's safe fix makes these)."""
+    if layer.kind == "dense" and not layer.attrs.get("per_position"):
+        return layer.attrs.get("in_features"), layer.attrs.get("out_features"), "dense layer"
+    if layer.kind == "conv" and spatial_size(layer.output_shape, layer.layout) == 1:
+        kernel, cin = layer.attrs.get("kernel"), layer.attrs.get("in_channels")
+        positions = spatial_size(layer.input_shape, layer.layout)
+        if kernel and cin and positions is not None and prod(kernel) == positions:
+            fan_in = cin // (layer.attrs.get("groups") or 1) * positions
+            return fan_in, layer.attrs.get("out_channels"), "fully-connected conv"
+    return None
+
+
 def check(graph: ModelGraph, options: Options):
-    for dense in graph.layers("dense"):
-        if dense.attrs.get("per_position") or dense.params <= options.max_params:
+    for layer in graph.layers():
+        described = _fully_connected(layer)
+        if described is None or layer.params <= options.max_params:
             continue
-        fan_in, fan_out = dense.attrs.get("in_features"), dense.attrs.get("out_features")
+        fan_in, fan_out, what = described
         shape = f" ({fan_in} -> {fan_out})" if fan_in and fan_out else ""
-        share = f", {dense.params / graph.total_params:.0%} of the model" if graph.total_params else ""
+        share = f", {layer.params / graph.total_params:.0%} of the model" if graph.total_params else ""
         macs = f" and {human(fan_in * fan_out)} MACs per sample" if fan_in and fan_out else ""
         yield Finding(
             message=(
-                f"dense layer {dense.name}{shape} has {human(dense.params)} parameters{share}{macs}, "
+                f"{what} {layer.name}{shape} has {human(layer.params)} parameters{share}{macs}, "
                 f"over the limit of {human(options.max_params)}"
             ),
-            nodes=[dense.name],
-            fixes=[_svd_fix(dense, options)],
+            nodes=[layer.name],
+            fixes=[_svd_fix(layer, options)],
         )
 
 
@@ -79,7 +98,10 @@ def _svd_fix(dense, options: Options) -> Fix:
         "changes outputs (the relative error is reported): fine-tune afterwards",
         action="factorise-dense",
         plan={"dense": dense.name, "energy": options.svd_energy, "target_params": options.svd_target_params},
-        blocked="its weights are shared with another layer" if dense.attrs.get("shared_weights") else None,
+        blocked=(
+            "its weights are shared with another layer" if dense.attrs.get("shared_weights")
+            else "factorising a convolution is not supported yet" if dense.kind == "conv" else None
+        ),
     )
 
 

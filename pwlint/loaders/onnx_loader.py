@@ -173,6 +173,8 @@ class _Builder:
         attrs: dict = {}
         if kind == "conv":
             attrs = self._conv_attrs(node)
+        elif kind == "dense" and node.attrs.get("transA", 0):
+            kind = "other"  # a Gemm that transposes its data input is no per-sample dense layer
         elif kind == "dense":
             attrs = self._gemm_attrs(node)
         elif kind == "norm":

@@ -157,3 +157,30 @@ def test_max_params_from_pwlint_toml(tmp_path):
     assert set(reported(lint(tmp_path / "model.onnx"))) == {"fc1", "fc2"}
     (tmp_path / "pwlint.toml").write_text("[rules.PW002]\nmax-params = 17_000_000\n")
     assert set(reported(lint(tmp_path / "model.onnx"))) == {"fc1"}
+
+
+@pytest.mark.parametrize("kernel, reported", [(7, True), (3, False)], ids=["kernel-covers-map", "3x3"])
+def test_conv_covering_its_whole_input_is_fully_connected(tmp_path, kernel, reported):
+    """PW001's safe fix turns VGG16's fc1 into a 7x7 conv on a 7x7 map: still 102.8M
+    parameters, still one weight per input position and unit, so PW002 still reports
+    it. An ordinary 3x3 conv of the same size is not a fully-connected layer."""
+    channels, units = 512, 4096
+    out = 1 if kernel == 7 else 5
+    dims = [units, channels, kernel, kernel]
+    tensor, _ = _external("w", dims, 0)
+    with open(tmp_path / DATA_FILE, "wb") as handle:  # sparse: no disk blocks written
+        handle.truncate(channels * kernel * kernel * units * 4)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="fc1_conv", kernel_shape=[kernel, kernel])],
+        "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, units, out, out])], [tensor],
+    )
+    path = tmp_path / "conv_head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    found = findings(lint(path), "PW002")
+    if reported:
+        (finding,) = found
+        assert finding["nodes"] == ["fc1_conv"]
+        assert mentions(finding["message"], channels * 7 * 7 * units)
+    else:
+        assert found == []
