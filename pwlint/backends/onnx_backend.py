@@ -201,7 +201,12 @@ def _feeds(session, seed: int, symbolic: int) -> dict:
 
 def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tuple[dict, list[np.ndarray]]:
     """Run a model file with onnxruntime on seeded inputs (or the given ones)."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FixNotApplicable(
+            "onnxruntime is not installed (pip install 'pwlint[onnx]'), or use --no-verify"
+        ) from None
 
     ort.set_default_logger_severity(4)  # errors come back as exceptions, not log lines on stderr
     options = ort.SessionOptions()
