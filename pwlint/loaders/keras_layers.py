@@ -1,0 +1,249 @@
+"""Keras layer classes to the IR's kinds and attributes.
+
+A class not listed here (a Lambda, a custom or subclassed layer, a preprocessing
+layer) becomes an ``other`` layer with ``op`` = its class name; its config is
+never turned back into code.
+"""
+
+from __future__ import annotations
+
+import re
+from math import prod
+from typing import Any
+
+from pwlint.ir import channels
+
+CONV_CLASS = re.compile(r"^(Conv|Convolution|DepthwiseConv|SeparableConv|SeparableConvolution)([123])D(Transpose)?$")
+
+SIMPLE_KINDS = {
+    "Dense": "dense", "Flatten": "flatten", "Reshape": "reshape", "Permute": "transpose",
+    "Add": "add", "Multiply": "mul", "Concatenate": "concat",
+    "Dropout": "dropout", "SpatialDropout1D": "dropout", "SpatialDropout2D": "dropout",
+    "SpatialDropout3D": "dropout", "GaussianNoise": "dropout", "GaussianDropout": "dropout",
+    "AlphaDropout": "dropout", "ActivityRegularization": "dropout",
+    "InputLayer": "input", "Identity": "identity", "Masking": "identity",
+}
+POOL_CLASS = re.compile(r"^(Max|Average|Avg)Pool(ing)?([123])D$")
+GLOBAL_POOL_CLASS = re.compile(r"^Global(Max|Average|Avg)Pool(ing)?([123])D$")
+NORM_TYPES = {
+    "BatchNormalization": "batch", "SyncBatchNormalization": "batch",
+    "LayerNormalization": "layer", "GroupNormalization": "group",
+    "UnitNormalization": "unit", "RMSNormalization": "rms", "InstanceNormalization": "instance",
+}
+#: Keras activation names (strings in configs) in the ONNX loader's vocabulary
+ACTIVATIONS = {
+    "relu": "relu", "sigmoid": "sigmoid", "hard_sigmoid": "hard_sigmoid", "softmax": "softmax",
+    "log_softmax": "log_softmax", "tanh": "tanh", "elu": "elu", "selu": "selu", "celu": "celu",
+    "gelu": "gelu", "silu": "swish", "swish": "swish", "hard_silu": "hard_swish",
+    "hard_swish": "hard_swish", "softplus": "softplus", "softsign": "softsign",
+    "leaky_relu": "leaky_relu", "relu6": "clip", "hard_tanh": "clip", "mish": "mish",
+    "exponential": "exp", "glu": "glu", "sparse_plus": "sparse_plus", "squareplus": "squareplus",
+    "tanh_shrink": "tanh_shrink", "soft_shrink": "soft_shrink", "hard_shrink": "hard_shrink",
+    "threshold": "thresholded_relu", "sparsemax": "sparsemax", "linear": None,
+}
+#: activation layer classes and the activation they compute
+ACTIVATION_LAYERS = {
+    "LeakyReLU": "leaky_relu", "PReLU": "prelu", "ELU": "elu", "Softmax": "softmax",
+    "ThresholdedReLU": "thresholded_relu",
+}
+
+
+def activation_name(value: Any) -> str | None:
+    """The normalised name of a config's ``activation`` (None for linear or absent).
+    A serialised function (``{"class_name": "function", "config": "relu"}``) gives its
+    name; a custom one gives its registered or class name, lower-cased."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        inner = value.get("config")
+        value = inner if isinstance(inner, str) else value.get("registered_name") or value.get("class_name") or "custom"
+    name = str(value).rpartition(">")[2].rpartition(".")[2].lower()
+    return ACTIVATIONS.get(name, name)
+
+
+def _ints(value: Any, rank: int) -> tuple:
+    if isinstance(value, int):
+        return (value,) * rank
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return ()
+
+
+def conv_rank(class_name: str) -> int | None:
+    match = CONV_CLASS.match(class_name)
+    return int(match.group(2)) if match else None
+
+
+def kind_of(class_name: str, config: dict) -> str:
+    if conv_rank(class_name):
+        return "conv"
+    if class_name in SIMPLE_KINDS:
+        return SIMPLE_KINDS[class_name]
+    if class_name in NORM_TYPES:
+        return "norm"
+    if class_name in ACTIVATION_LAYERS or class_name == "ReLU":
+        return "act"
+    if class_name == "Activation":
+        return "identity" if activation_name(config.get("activation")) is None else "act"
+    if GLOBAL_POOL_CLASS.match(class_name):
+        return "global_pool"
+    if POOL_CLASS.match(class_name):
+        return "pool"
+    return "other"
+
+
+def _weight_shape(weights: list, names: tuple, index: int):
+    """The shape of a layer's weight by name (legacy h5) or position (.keras vars/N)."""
+    for name in names:
+        for weight in weights:
+            if weight.name.rpartition("/")[2].partition(":")[0] == name:
+                return weight.shape
+    own = [w for w in weights if re.fullmatch(r"vars/\d+", w.name)]
+    return own[index].shape if index < len(own) else None
+
+
+def describe(class_name: str, config: dict, in_shapes: list, weights: list, layout: str) -> tuple[str, dict]:
+    """The kind and attributes of a layer, from its config, input shapes and weight shapes."""
+    kind = kind_of(class_name, config)
+    in_shape = in_shapes[0] if in_shapes else None
+    attrs: dict = {}
+    if kind == "conv":
+        attrs = _conv_attrs(class_name, config, in_shape, weights, layout)
+    elif kind == "dense":
+        kernel = _weight_shape(weights, ("kernel",), 0)
+        fan_in = in_shape[-1] if in_shape else None
+        if fan_in is None and kernel and len(kernel) == 2:
+            fan_in = kernel[0]
+        attrs = {
+            "in_features": fan_in, "out_features": config.get("units"),
+            "bias": bool(config.get("use_bias", True)),
+            "per_position": bool(in_shape) and len(in_shape) > 2,
+        }
+    elif kind == "norm":
+        norm_type = NORM_TYPES[class_name]
+        if class_name == "GroupNormalization" and config.get("groups") == -1:
+            norm_type = "instance"
+        if class_name == "LayerNormalization" and config.get("rms_scaling"):
+            norm_type = "rms"
+        attrs = {"norm_type": norm_type, "axis": config.get("axis")}
+        if "groups" in config:
+            attrs["groups"] = config["groups"]
+    elif kind == "act":
+        attrs = {"activation": _layer_activation(class_name, config)}
+    elif kind in ("pool", "global_pool"):
+        match = (GLOBAL_POOL_CLASS if kind == "global_pool" else POOL_CLASS).match(class_name)
+        rank = int(match.group(3))
+        attrs = {"pool_type": "max" if match.group(1) == "Max" else "average"}
+        if kind == "pool":
+            size = _ints(config.get("pool_size", 2), rank)
+            attrs.update(kernel=size, stride=_ints(config.get("strides") or size, rank), padding=config.get("padding", "valid"))
+        else:
+            attrs["keepdims"] = bool(config.get("keepdims", False))
+    elif kind == "transpose":
+        dims = tuple(config.get("dims") or ())
+        perm = (0, *dims) if dims else None
+        attrs = {"perm": perm, "layout_change": _is_layout_perm(perm)}
+    elif kind == "reshape":
+        attrs = {"target_shape": tuple(config.get("target_shape") or ())}
+    elif kind == "concat":
+        attrs = {"axis": config.get("axis", -1)}
+    return kind, attrs
+
+
+def _layer_activation(class_name: str, config: dict) -> str:
+    if class_name == "ReLU":
+        if config.get("max_value") is not None:
+            return "clip"
+        if config.get("negative_slope"):
+            return "leaky_relu"
+        if config.get("threshold"):
+            return "thresholded_relu"
+        return "relu"
+    if class_name == "Activation":
+        return activation_name(config.get("activation")) or "linear"
+    return ACTIVATION_LAYERS[class_name]
+
+
+def _conv_attrs(class_name: str, config: dict, in_shape, weights: list, layout: str) -> dict:
+    rank = conv_rank(class_name)
+    match = CONV_CLASS.match(class_name)
+    family, transposed = match.group(1), bool(match.group(3))
+    depthwise, separable = family == "DepthwiseConv", family.startswith("Separable")
+    kernel = _weight_shape(weights, ("depthwise_kernel", "kernel") if depthwise or separable else ("kernel",), 0)
+    in_ch = channels(in_shape, layout)
+    if in_ch is None and kernel and len(kernel) == rank + 2:
+        in_ch = kernel[-1] if transposed else kernel[-2] * (1 if depthwise or separable else int(config.get("groups") or 1))
+    multiplier = int(config.get("depth_multiplier") or 1)
+    groups = int(config.get("groups") or 1)
+    if depthwise:
+        groups = in_ch if in_ch is not None else None
+        out_ch = in_ch * multiplier if in_ch is not None else None
+    else:
+        out_ch = config.get("filters")
+    attrs = {
+        "kernel": _ints(config.get("kernel_size"), rank), "stride": _ints(config.get("strides", 1), rank),
+        "dilation": _ints(config.get("dilation_rate", 1), rank), "groups": groups,
+        "in_channels": in_ch, "out_channels": out_ch, "bias": bool(config.get("use_bias", True)),
+        "transposed": transposed, "padding": config.get("padding", "valid"),
+    }
+    if separable:
+        attrs.update(separable=True, depth_multiplier=multiplier)
+    if depthwise:
+        attrs["depth_multiplier"] = multiplier
+    return attrs
+
+
+def _is_layout_perm(perm) -> bool:
+    """True for perms that only move the channel axis (NHWC <-> NCHW, [0, 2, 1])."""
+    if not perm or len(perm) < 3 or perm[0] != 0:
+        return False
+    rest = list(perm[1:])
+    n = len(rest)
+    return rest == list(range(2, n + 1)) + [1] or rest == [n] + list(range(1, n))
+
+
+def config_params(class_name: str, config: dict, kind: str, attrs: dict, in_shape) -> int:
+    """Trainable parameters computed from the config, for a layer whose weights are not stored."""
+    bias = 1 if config.get("use_bias", True) else 0
+    if kind == "conv":
+        k = prod(attrs.get("kernel") or (0,))
+        cin, cout, groups = attrs.get("in_channels"), attrs.get("out_channels"), attrs.get("groups") or 1
+        if cin is None or cout is None:
+            return 0
+        if attrs.get("separable"):
+            mid = cin * attrs["depth_multiplier"]
+            return k * mid + mid * cout + bias * cout
+        return k * cin // groups * cout + bias * cout
+    if kind == "dense":
+        fan_in, units = attrs.get("in_features"), attrs.get("out_features")
+        return fan_in * units + bias * units if fan_in and units else 0
+    if kind == "norm" and class_name != "UnitNormalization" and in_shape:
+        axes = config.get("axis", -1)
+        axes = axes if isinstance(axes, list) else [axes]
+        try:
+            size = prod(in_shape[a] for a in axes)
+        except (IndexError, TypeError):
+            return 0
+        per = int(bool(config.get("center", True))) + int(bool(config.get("scale", True)))
+        if class_name == "RMSNormalization" or config.get("rms_scaling"):
+            per = 1
+        return size * per if size else 0
+    if class_name == "Embedding":
+        return int(config.get("input_dim") or 0) * int(config.get("output_dim") or 0)
+    return 0
+
+
+def is_trainable(class_name: str, weight_name: str, index: int, count: int) -> bool:
+    """Whether a stored weight is a trainable value: BatchNorm's running mean and variance
+    (named in legacy files, the last two ``vars`` in ``.keras`` files) and a Normalization
+    layer's statistics are not."""
+    tail = weight_name.rpartition("/")[2].partition(":")[0]
+    if tail in ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev"):
+        return False
+    if "seed_generator" in weight_name:
+        return False
+    if class_name == "Normalization":
+        return False
+    if class_name in ("BatchNormalization", "SyncBatchNormalization") and weight_name.startswith("vars/"):
+        return index < count - 2
+    return True
