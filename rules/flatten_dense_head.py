@@ -116,10 +116,14 @@ def check(graph: ModelGraph, options: Options):
         if flat is None or flat.kind not in ("flatten", "reshape"):
             continue
         shape = flat.input_shape
+        conv, flips = _feature_source(graph, flat)
+        from_conv = conv is not None and conv.kind in ("conv", "concat")
+        if shape is None and (from_conv or (conv is not None and conv.kind == "other")):
+            yield _undecided(flat, dense)
+            continue
         if shape is None or len(shape) < 3 or (flat.output_shape is not None and len(flat.output_shape) != 2):
             continue
-        conv, flips = _feature_source(graph, flat)
-        if conv is None or conv.kind not in ("conv", "concat"):
+        if not from_conv:
             continue
         layout = conv.layout or "NCHW"
         if flips % 2:
@@ -137,6 +141,19 @@ def check(graph: ModelGraph, options: Options):
         if count < options.min_positions:
             continue
         yield _finding(graph, flat, dense, chans, layout, positions, count)
+
+
+def _undecided(flat: Layer, dense: Layer) -> Finding:
+    """The file does not say the shape a conv's output has when it is flattened (a
+    legacy Keras file after a Lambda layer, say): say so rather than guess."""
+    return Finding(
+        severity=Severity.INFO,
+        message=(
+            f"could not decide whether {flat.op} '{flat.name}' feeding dense layer '{dense.name}' "
+            "flattens a spatial feature map: the shape of its input is not known from the file"
+        ),
+        nodes=[flat.name, dense.name],
+    )
 
 
 def _finding(

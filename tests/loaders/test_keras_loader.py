@@ -365,6 +365,9 @@ def test_lambda_layer_is_linted_without_running_it(tmp_path, suffix):
     else:  # a legacy file does not: a static reader cannot know it, and says so
         assert graph.layer("scale").output_shape is None
         assert graph.meta["unknown_shapes"] == ["scale", "flatten", "fc"]
+        (undecided,) = [f for f in report["findings"] if f["code"] == "PW001"]
+        assert undecided["severity"] == "info" and undecided["nodes"] == ["flatten", "fc"]
+        assert "could not decide" in undecided["message"]
     assert report["files"][0]["error"] is None
     # control: the file really carries code that Keras runs when told to trust it
     keras.saving.load_model(path, safe_mode=False)
