@@ -1,8 +1,73 @@
-"""The PyTorch loader (work in progress): registers nothing yet."""
+"""The PyTorch loader: ``.pt2`` archives from ``torch.export.save`` and TorchScript
+archives from ``torch.jit.save``, read without importing torch and without unpickling.
 
+- ``.pt2``: the serialized program (JSON) and weight metadata are read from the zip
+  (:mod:`pwlint.loaders.pt2_read`); ``torch.export.load`` is never called, because it
+  falls back to unsafe unpickling for members that fail the safe load.
+- TorchScript: the module tree and its operators are read from the archive's
+  ``code/`` (parsed, never run) and ``data.pkl`` (disassembled, never unpickled)
+  (:mod:`pwlint.loaders.torchscript_read`). ``torch.jit.load`` is not used: it runs
+  TorchScript code from the file (``__setstate__`` methods) while loading.
+- ``torch.save`` pickles (a whole module or a state_dict) are refused with a hint to
+  export the model with ``torch.export``.
+
+Layers are named by module path (``features.0``); see :mod:`pwlint.loaders.torch_graph`
+for how operators become layers and how functional calls are named.
+"""
+
+from __future__ import annotations
+
+from pwlint.errors import LoadError
 from pwlint.hookspecs import hookimpl
+from pwlint.ir import ModelGraph
+from pwlint.loaders.torch_archive import classify, not_a_zip, open_archive, refuse_pickle
+
+
+def read_program(path: str):
+    """The file's :class:`~pwlint.loaders.torch_program.Program` and its format name."""
+    archive = open_archive(path)
+    if archive is None:
+        raise not_a_zip(path)
+    try:
+        kind, root = classify(archive)
+        if kind == "pickle":
+            raise refuse_pickle(path, "a torch.save() pickle (a whole module or a state_dict), not an exported program")
+        if kind == "torchscript":
+            from pwlint.loaders.torchscript_read import read_torchscript
+
+            return read_torchscript(archive, root), "torchscript"
+        from pwlint.loaders.pt2_read import read_pt2
+
+        return read_pt2(archive, kind, root), "pt2"
+    finally:
+        archive.close()
+
+
+#: what unexpected values in a damaged or hand-made file can raise while the graph is built
+DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError)
+
+
+def load(path: str) -> ModelGraph:
+    from pwlint.loaders.torch_graph import build_graph
+
+    program, fmt = read_program(path)
+    try:
+        graph = build_graph(program, path)
+    except DAMAGE as exc:
+        raise LoadError(f"{path}: unexpected content in the {fmt} program ({type(exc).__name__}: {exc})") from exc
+    graph.meta["container"] = fmt
+    return graph
+
+
+class TorchLoader:
+    name = "torch"
+    suffixes = (".pt2", ".pt", ".pth")
+
+    @staticmethod
+    def load(path: str) -> ModelGraph:
+        return load(path)
 
 
 @hookimpl
 def pwlint_register_loaders(register):
-    pass
+    register(TorchLoader())

@@ -1,0 +1,161 @@
+"""Reading a ``torch.export.save`` archive (``.pt2``) without torch and without unpickling.
+
+The archive is a zip with one top folder. pwlint reads only JSON members:
+
+- ``models/<name>.json`` (``serialized_exported_program.json`` in archives from torch
+  2.7 and older): the serialized ExportedProgram. ``graph_module.graph.nodes`` are the
+  operator calls (``target`` like ``torch.ops.aten.conv2d.default``, named ``inputs``,
+  ``outputs``, ``metadata.nn_module_stack``), ``graph.tensor_values`` has every tensor's
+  sizes and ``signature.input_specs`` says which placeholders are parameters, buffers,
+  constants or user inputs;
+- ``data/weights/<name>_weights_config.json``: sizes of each stored weight.
+
+Weight payloads, ``data/sample_inputs/*.pt``, pickled constants and anything else that
+is a pickle are never opened: ``torch.export.load`` unpickles such members with
+``weights_only=False`` when they fail the safe load, so a linter must not call it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pwlint.errors import LoadError
+from pwlint.loaders.torch_archive import MAX_METADATA, MAX_PROGRAM, Archive
+from pwlint.loaders.torch_program import ModuleCall, OpNode, Program, TensorRef, Weight
+
+SCALAR_KINDS = {
+    "as_int", "as_float", "as_bool", "as_string", "as_ints", "as_floats", "as_bools", "as_strings",
+    "as_scalar_type", "as_memory_format", "as_layout", "as_device",
+}
+
+
+def read_pt2(archive: Archive, kind: str, root: str) -> Program:
+    if kind == "pt2-legacy":
+        member, model, config = root + "serialized_exported_program.json", "model", None
+    else:
+        member, model = _model_member(archive, root)
+        config_member = f"{root}data/weights/{model}_weights_config.json"
+        config = archive.json(config_member, MAX_METADATA) if config_member in archive.infos else None
+    document = archive.json(member, MAX_PROGRAM)
+    try:
+        program = _parse(document, config)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise LoadError(
+            f"{archive.path}: malformed serialized program in {member} ({type(exc).__name__}: {exc})"
+        ) from exc
+    program.meta.update(archive=kind, model=model)
+    return program
+
+
+def _model_member(archive: Archive, root: str) -> tuple[str, str]:
+    """The program to lint: ``models/model.json`` (what torch.export.save writes), else the first."""
+    prefix = root + "models/"
+    members = sorted(n for n in archive.names(prefix) if n.endswith(".json") and "/" not in n[len(prefix):])
+    preferred = prefix + "model.json"
+    member = preferred if preferred in members else members[0]
+    return member, member[len(prefix): -len(".json")]
+
+
+def sizes(meta) -> tuple | None:
+    """``[{"as_int": 6}, {"as_expr": ...}]`` -> ``(6, None)``: symbolic sizes are unknown."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("sizes"), list):
+        return None
+    return tuple(s["as_int"] if isinstance(s, dict) and isinstance(s.get("as_int"), int) else None for s in meta["sizes"])
+
+
+def decode(arg):
+    """A serialized argument as a :class:`TensorRef`, a list of them, or a plain value."""
+    if not isinstance(arg, dict) or len(arg) != 1:
+        return None
+    ((kind, value),) = arg.items()
+    if kind == "as_tensor":
+        return TensorRef(value["name"])
+    if kind == "as_tensors":
+        return [TensorRef(v["name"]) for v in value]
+    if kind in ("as_optional_tensors", "as_optional_tensor"):
+        return [decode(v) for v in value] if isinstance(value, list) else decode(value)
+    if kind in SCALAR_KINDS:
+        return value
+    if kind == "as_sym_int":
+        return value.get("as_int") if isinstance(value, dict) else None
+    if kind == "as_sym_ints":
+        return [v.get("as_int") if isinstance(v, dict) else None for v in value]
+    return None  # as_none, symbolic floats and bools, subgraphs, custom objects
+
+
+def _outputs(node: dict) -> list[str]:
+    names = []
+    for out in node.get("outputs") or []:
+        value = decode(out)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, TensorRef):
+                names.append(item.name)
+    return names
+
+
+def module_stack(text) -> tuple[ModuleCall, ...]:
+    """``"key,path,class;key,path,class"`` -> module calls, outermost first."""
+    if not isinstance(text, str) or not text:
+        return ()
+    calls = []
+    for entry in text.split(";"):
+        parts = entry.split(",", 2)
+        if len(parts) != 3 or parts[0].startswith("_empty_nn_module_stack"):
+            continue
+        calls.append(ModuleCall(*parts))
+    return tuple(calls)
+
+
+def _stored(config: dict | None, fqn: str, fallback) -> tuple[tuple | None, tuple]:
+    """A weight's shape, and what identifies its storage: tied parameters (``b.weight =
+    a.weight``) have two names but one payload file in the archive."""
+    entry = ((config or {}).get("config") or {}).get(fqn)
+    if isinstance(entry, dict) and isinstance(entry.get("tensor_meta"), dict):
+        shape = sizes(entry["tensor_meta"])
+        if shape is not None:
+            offset = entry["tensor_meta"].get("storage_offset")
+            return shape, (entry.get("path_name"), json.dumps(offset), shape)
+    return fallback, (fqn,)
+
+
+def _parse(document: dict, config: dict | None) -> Program:
+    module = document["graph_module"]
+    graph, signature = module["graph"], module["signature"]
+    program = Program()
+    program.shapes = {name: sizes(meta) for name, meta in (graph.get("tensor_values") or {}).items()}
+    program.meta.update(
+        torch_version=document.get("torch_version"), schema_version=document.get("schema_version"),
+    )
+    stored = {"parameter": "parameter_name", "buffer": "buffer_name", "tensor_constant": "tensor_constant_name"}
+    storages: set[tuple] = set()
+    for spec in signature["input_specs"]:
+        ((kind, body),) = spec.items()
+        if kind in stored:
+            name, fqn = body["arg"]["name"], body[stored[kind]]
+            shape, storage = _stored(config, fqn, program.shapes.get(name))
+            weight = Weight(fqn, shape, kind.replace("tensor_", ""))
+            program.weights[name] = weight
+            if kind == "parameter" and storage not in storages:
+                storages.add(storage)
+                program.parameters[fqn] = weight.numel
+        elif kind == "user_input" and isinstance(body.get("arg"), dict) and "as_tensor" in body["arg"]:
+            program.inputs.append(body["arg"]["as_tensor"]["name"])
+    for spec in signature["output_specs"]:
+        ((kind, body),) = spec.items()
+        value = decode(body.get("arg")) if kind == "user_output" else None
+        if isinstance(value, TensorRef):
+            program.outputs.append(value.name)
+    for node in graph["nodes"]:
+        outputs = _outputs(node)
+        if not outputs:
+            continue  # symbolic sizes, assertions: no tensor comes out
+        target = node["target"]
+        program.nodes.append(OpNode(
+            name=node.get("name") or outputs[0],
+            op=target.removeprefix("torch.ops."),
+            args={inp["name"]: decode(inp["arg"]) for inp in node["inputs"]},
+            outputs=outputs,
+            stack=module_stack((node.get("metadata") or {}).get("nn_module_stack")),
+            source=node,
+        ))
+    return program
