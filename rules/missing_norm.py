@@ -97,13 +97,18 @@ def check(graph: ModelGraph, options: NoOptions):
     if not unnormalised:
         return
     if next(graph.layers("norm"), None) is None:
+        hint = (
+            "if BatchNorm was folded into the convolutions at export, export with it kept "
+            "(torch.onnx.export(..., dynamo=False, training=torch.onnx.TrainingMode.PRESERVE), "
+            "or optimize=False with the dynamo exporter)"
+            if graph.format == "onnx" else
+            "the architecture has none (as LeNet), so no convolution is reported on its own"
+        )
         yield Finding(
             severity=Severity.INFO,
             message=(
                 f"the model has {_count(graph.layers('conv'), 'convolution')} and no normalisation "
-                "layer, so normalisation cannot be checked here; if BatchNorm was folded into the "
-                "convolutions at export, export with it kept (torch.onnx.export(..., dynamo=False, "
-                "training=torch.onnx.TrainingMode.PRESERVE), or optimize=False with the dynamo exporter)"
+                f"layer, so normalisation cannot be checked here; {hint}"
             ),
             nodes=[],
         )
