@@ -149,7 +149,7 @@ class Linter:
         return self._rulesets[key]
 
     def files(self, paths: Iterable[str]) -> list[str]:
-        return discover(paths, self.registry.suffixes)
+        return discover(paths, self.registry.discovered_suffixes)
 
     def lint_paths(self, paths: Iterable[str]) -> LintResult:
         result = LintResult()

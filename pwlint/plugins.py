@@ -48,6 +48,14 @@ class Registry:
     def suffixes(self) -> tuple[str, ...]:
         return tuple(s for loader in self.loaders.values() for s in loader.suffixes)
 
+    @property
+    def discovered_suffixes(self) -> tuple[str, ...]:
+        """What a folder is searched for. A loader may read more when the file is named
+        (``.pt`` is most often a pickled checkpoint, which pwlint refuses to open)."""
+        return tuple(
+            s for loader in self.loaders.values() for s in getattr(loader, "discovered", loader.suffixes)
+        )
+
 
 def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)

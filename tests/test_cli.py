@@ -448,3 +448,15 @@ def test_command_runs_a_real_lint(cnn_file):
     run = run_command(str(path), "--format", "json")
     assert run.code == 1, run.err
     check_json_contract(json.loads(run.out))
+
+
+def test_folders_are_not_searched_for_pickled_checkpoints(tmp_path, cnn_file, pwlint):
+    """A repository of state_dict checkpoints (.pt, .pth) must not turn `pwlint .` red:
+    folders are searched for model formats only; a .pt named explicitly is still read."""
+    model = cnn_file("models/a.onnx")
+    (model.parent / "weights.pt").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    (model.parent / "best.pth").write_bytes(b"\x80\x04K\x01.")
+    run = pwlint(str(model.parent))
+    assert run.code == 1 and run.err == ""  # the ONNX model's findings, nothing about the pickles
+    explicit = pwlint(str(model.parent / "weights.pt"))
+    assert explicit.code == 2 and "weights.pt" in explicit.err

@@ -62,6 +62,9 @@ def load(path: str) -> ModelGraph:
 class TorchLoader:
     name = "torch"
     suffixes = (".pt2", ".pt", ".pth")
+    #: folders are searched for .pt2 only: a .pt or .pth there is usually a pickled
+    #: checkpoint (refused, exit 2); TorchScript files are linted when named
+    discovered = (".pt2",)
 
     @staticmethod
     def load(path: str) -> ModelGraph:
