@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from pwlint.backends.lowrank import choose_rank
 from pwlint.backends.onnx_edit import Editor
 from pwlint.errors import FixNotApplicable
 from pwlint.ir import Layer, ModelGraph
@@ -188,16 +189,6 @@ def fold_bias_into_norm(editor: Editor, graph: ModelGraph, plan: dict) -> str:
     del conv.input[2]
     editor.remove_dead()
     return f"bias of '{plan['conv']}' folded into '{plan['norm']}'"
-
-
-def choose_rank(singular: np.ndarray, rows: int, cols: int, plan: dict) -> int:
-    if plan.get("target_params"):
-        rank = (plan["target_params"] - cols) // (rows + cols)  # the bias stays
-        if rank < 1:
-            raise FixNotApplicable(f"a target of {plan['target_params']} parameters leaves no rank")
-        return int(min(rank, len(singular)))
-    energy = np.cumsum(singular**2) / np.sum(singular**2)
-    return int(np.searchsorted(energy, plan["energy"] - 1e-12) + 1)
 
 
 def factorise_dense(editor: Editor, graph: ModelGraph, plan: dict) -> str:

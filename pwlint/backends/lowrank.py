@@ -1,0 +1,58 @@
+"""Truncated-SVD factorisation of a dense layer's weights, shared by every fix backend.
+
+Format-neutral: numpy in, numpy out. A backend reads the layer's ``[in, out]``
+weight matrix, calls :func:`factorise` and writes the two factors as layers of its
+own format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pwlint.errors import FixNotApplicable
+
+
+def choose_rank(singular: np.ndarray, rows: int, cols: int, plan: dict) -> int:
+    """The rank a ``factorise-dense`` plan asks for: the largest whose two factors
+    (plus the kept bias) fit ``plan["target_params"]``, else the smallest whose
+    singular values hold ``plan["energy"]`` of the total energy."""
+    if plan.get("target_params"):
+        rank = (plan["target_params"] - cols) // (rows + cols)  # the bias stays
+        if rank < 1:
+            raise FixNotApplicable(f"a target of {plan['target_params']} parameters leaves no rank")
+        return int(min(rank, len(singular)))
+    energy = np.cumsum(singular**2) / np.sum(singular**2)
+    return int(np.searchsorted(energy, plan["energy"] - 1e-12) + 1)
+
+
+@dataclass
+class LowRank:
+    """``weight ~= first @ second``: ``first`` is [in, rank], ``second`` [rank, out]
+    (float64; the caller casts to the layer's dtype)."""
+
+    first: np.ndarray
+    second: np.ndarray
+    rank: int
+    #: ||W - first @ second|| / ||W|| (Frobenius)
+    error: float
+
+
+def factorise(weight: np.ndarray, plan: dict) -> LowRank:
+    """Split an ``[in, out]`` weight matrix by truncated SVD at the plan's rank, the
+    singular values shared evenly between the factors. Raises FixNotApplicable when
+    two factors of that rank would be no smaller than the matrix."""
+    rows, cols = weight.shape
+    u, s, vt = np.linalg.svd(np.asarray(weight, np.float64), full_matrices=False)
+    rank = choose_rank(s, rows, cols, plan)
+    if rank * (rows + cols) >= rows * cols:
+        raise FixNotApplicable(
+            f"rank {rank} is needed for the requested accuracy, and two factors of that rank "
+            f"are no smaller than the {rows}x{cols} layer"
+        )
+    root = np.sqrt(s[:rank])
+    first = u[:, :rank] * root
+    second = root[:, None] * vt[:rank]
+    error = np.linalg.norm(weight - first @ second) / max(np.linalg.norm(weight), 1e-30)
+    return LowRank(first, second, rank, float(error))
