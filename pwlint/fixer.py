@@ -67,6 +67,8 @@ class FixReport:
     verified: bool = False
     #: --diff: what would change was computed, nothing was written
     dry_run: bool = False
+    #: what ran the models for verification (onnxruntime, torch, Keras)
+    runtime: str = ""
     written: str | None = None
     layers_removed: list[str] = field(default_factory=list)
     layers_added: list[str] = field(default_factory=list)
@@ -133,7 +135,7 @@ def fix_file(
 ) -> FixReport:
     """Fix one model. ``check`` runs the selected rules on a graph; ``findings`` are
     the ones linting the file gave."""
-    report = FixReport(path=path, dry_run=mode.diff)
+    report = FixReport(path=path, dry_run=mode.diff, runtime=getattr(backend, "runtime", ""))
     # opened first, so that a model the backend refuses (external data outside its folder)
     # is an error before anything runs; the session holds the graph's structure, not its weights
     session = backend.open(path)
@@ -259,7 +261,8 @@ def _verify_round(session, backend, mode: FixMode, feeds, current, applied: list
     except OSError:
         raise  # the disk, not the fix (no space, no permission): stop, the model is untouched
     except Exception as exc:
-        return _roll_back(session, applied, f"the ONNX checker rejected the result: {_reason(exc)}", current)
+        checker = getattr(backend, "checker", "the format's checker")
+        return _roll_back(session, applied, f"{checker} rejected the result: {_reason(exc)}", current)
     if not mode.verify:
         session.accept(candidate)
         return current

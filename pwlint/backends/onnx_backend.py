@@ -234,6 +234,9 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
 
 class OnnxBackend:
     name = "onnx"
+    #: what checks a candidate and what runs the models, for reports
+    checker = "the ONNX checker"
+    runtime = "onnxruntime"
 
     @staticmethod
     def open(path: str) -> OnnxFixSession:

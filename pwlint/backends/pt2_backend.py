@@ -360,6 +360,9 @@ class Pt2FixSession:
 
 class Pt2Backend:
     name = "torch"
+    #: what checks a candidate and what runs the models, for reports
+    checker = "torch.export.load of a sanitised copy"
+    runtime = "torch"
 
     @staticmethod
     def open(path: str) -> Pt2FixSession:

@@ -45,7 +45,7 @@ def fix_summary(report) -> str:
         lines[-1] += f", file {_size(report.size_before)} -> {_size(report.size_after)}"
     if report.verified:
         lines.append(
-            f"  outputs vs. the original (onnxruntime, seeded inputs): max abs diff {report.max_abs_diff:.3g}, "
+            f"  outputs vs. the original ({report.runtime or 'run'}, seeded inputs): max abs diff {report.max_abs_diff:.3g}, "
             f"max rel diff {report.max_rel_diff:.3g}"
         )
     if any(o.applied and o.applicability == "unsafe" for o in report.outcomes):
