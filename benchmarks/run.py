@@ -1,4 +1,4 @@
-"""Time and peak memory of pwlint on a VGG16-sized ONNX model.
+"""Time and peak memory of pwlint on a VGG16-sized ONNX model (and Keras and PyTorch files).
 
     python benchmarks/run.py [--quick] [--repeat N] [--workdir DIR]
 
@@ -10,6 +10,10 @@ each run in a fresh Python process:
 - ``onnx.load(MODEL)``, the baseline lint is compared against,
 - ``pwlint MODEL --fix -o OUT`` (fix, verified with onnxruntime: the default),
 - ``pwlint MODEL --fix --no-verify -o OUT``,
+- ``pwlint vgg16.keras``, ``pwlint vgg16.h5`` and ``pwlint vgg16.pt2`` (lint), the same
+  architecture saved by Keras (``model.save``, KERAS_BACKEND=torch) and by
+  ``torch.export.save``; these are generated (once, cached) in another child process,
+  which imports keras and torch, with random weights,
 
 and prints a Markdown table of the median time and the peak RSS of each.
 ``--quick`` uses a model with 1/8 of the channels and dense units, for a smoke run.
@@ -20,7 +24,7 @@ the run needs, runs it, and prints its own time (from before the imports to the
 end, so ``pwlint`` and ``onnx.load`` both pay for importing onnx) and
 ``getrusage(RUSAGE_SELF).ru_maxrss``. On Linux the child's ``ru_maxrss`` starts at
 the RSS of the process that spawned it, so this script never imports onnx or
-numpy itself: the model is generated in a child process too.
+numpy itself (nor keras or torch): the models are generated in child processes too.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ FIX_RSS_TARGET_RATIO = 3.0
 SLOW_RUN_S = 90.0
 #: per-run timeout
 RUN_TIMEOUT_S = 1800
+
+#: the other formats linted, each written by the framework itself
+FRAMEWORK_FORMATS = ("keras", "h5", "pt2")
 
 MB = 1 << 20
 MARKER = "@@PWBENCH "
@@ -179,6 +186,111 @@ def generate_model(path: Path, quick: bool) -> None:
     os.replace(tmp, path)
 
 
+def framework_size_range(quick: bool) -> tuple[int, int]:
+    """Bounds of a correctly written .keras, .h5 or .pt2 file: the float32 payload,
+    stored uncompressed, plus the config, the container's framing and alignment."""
+    payload = 4 * parameter_count(quick)
+    return payload, payload + payload // 100 + 4 * MB
+
+
+def generate_framework_models(paths: list[Path], quick: bool) -> None:
+    """Write the model as .keras / .h5 (Keras, torch backend) and .pt2 (torch.export),
+    whichever ``paths`` name (run in a child process: it imports keras and torch)."""
+    os.environ["KERAS_BACKEND"] = "torch"
+    import logging
+    import warnings
+
+    import torch
+
+    features, hidden, classes = model_spec(quick)
+    keras_paths = [p for p in paths if p.suffix in (".keras", ".h5")]
+    if keras_paths:
+        import keras
+        from keras import layers
+
+        keras.utils.set_random_seed(0)
+        x = inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="input")
+        block, conv = 1, 1
+        for item in features:
+            if item == "M":
+                x = layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+                block, conv = block + 1, 1
+                continue
+            x = layers.Conv2D(item, 3, padding="same", activation="relu", name=f"block{block}_conv{conv}")(x)
+            conv += 1
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dense(hidden, activation="relu", name="fc1")(x)
+        x = layers.Dense(hidden, activation="relu", name="fc2")(x)
+        outputs = layers.Dense(classes, name="predictions")(x)
+        model = keras.Model(inputs, outputs, name="vgg16" + ("_quick" if quick else ""))
+        for path in keras_paths:
+            tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # model.save goes by the suffix
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                logging.getLogger("absl").setLevel(logging.ERROR)  # the legacy-.h5 warning
+                model.save(str(tmp))
+            os.replace(tmp, path)
+        del model, inputs, outputs, x
+
+    pt2_paths = [p for p in paths if p.suffix == ".pt2"]
+    if pt2_paths:
+        from torch import nn
+
+        class VGG16(nn.Module):
+            """torchvision's VGG16 layout (module paths features.N, classifier.N),
+            without the adaptive average pool, an identity at 224x224."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                modules: list[nn.Module] = []
+                channels = 3
+                for item in features:
+                    if item == "M":
+                        modules.append(nn.MaxPool2d(2, 2))
+                    else:
+                        modules += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU(inplace=True)]
+                        channels = item
+                self.features = nn.Sequential(*modules)
+                flat = channels * (INPUT_SIZE // 32) ** 2
+                self.classifier = nn.Sequential(
+                    nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(),
+                    nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(),
+                    nn.Linear(hidden, classes),
+                )
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.classifier(torch.flatten(self.features(x), 1))
+
+        torch.manual_seed(0)
+        module = VGG16().eval()
+        program = torch.export.export(module, (torch.randn(1, 3, INPUT_SIZE, INPUT_SIZE),))
+        for path in pt2_paths:
+            tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # torch.export.save warns unless .pt2
+            torch.export.save(program, str(tmp))
+            os.replace(tmp, path)
+
+
+def ensure_framework_models(workdir: Path, quick: bool) -> tuple[dict[str, Path], bool]:
+    """The cached .keras, .h5 and .pt2 models, generated together in one child process
+    when any is missing or wrong-sized."""
+    stem = "vgg16-quick" if quick else "vgg16"
+    paths = {fmt: workdir / f"{stem}.{fmt}" for fmt in FRAMEWORK_FORMATS}
+    low, high = framework_size_range(quick)
+    missing = [p for p in paths.values() if not (p.is_file() and low <= p.stat().st_size <= high)]
+    if not missing:
+        return paths, False
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--_generate-frameworks", *map(str, missing)]
+    if quick:
+        command.append("--quick")
+    subprocess.run(command, check=True, timeout=RUN_TIMEOUT_S, env={**os.environ, "KERAS_BACKEND": "torch"})
+    for path in missing:
+        size = path.stat().st_size
+        if not low <= size <= high:
+            raise RuntimeError(f"generated {path} is {size} bytes, expected {low}..{high}")
+    return paths, True
+
+
 def ensure_model(workdir: Path, quick: bool) -> tuple[Path, bool]:
     """The cached model, generated in a child process when missing or wrong-sized."""
     path = workdir / ("vgg16-quick.onnx" if quick else "vgg16.onnx")
@@ -220,6 +332,7 @@ class Task:
     args: list[str]
     output: Path | None = None  # --fix -o target, deleted after every run
     may_shorten: bool = False  # repeat less when a run is slow
+    file_mb: float | None = None  # size of the file the RSS is compared with (None: the ONNX model)
     ok_codes: tuple[int, ...] = (0,)
     samples: list[Sample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -277,7 +390,7 @@ def measure(task: Task, repeat: int) -> None:
 
 def versions() -> dict[str, str]:
     found = {}
-    for name in ("onnx", "onnxruntime", "numpy", "pwlint"):
+    for name in ("onnx", "onnxruntime", "numpy", "pwlint", "keras", "torch"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -285,34 +398,39 @@ def versions() -> dict[str, str]:
     return found
 
 
-def table(tasks: list[Task], lint: Task, load: Task, fix: Task, file_mb: float, repeat: int) -> list[str]:
+def table(tasks: list[Task], lint: Task, load: Task, fix: Task, file_mb: float, repeat: int,
+          then: list[Task] | None = None) -> list[str]:
+    """The table: ``tasks``, the lint / onnx.load ratios, then the ``then`` tasks."""
     rows = ["| task | median time (s) | peak RSS (MB) | RSS / file size | target | met? |",
             "| --- | ---: | ---: | ---: | --- | --- |"]
-    for task in tasks:
-        count = len(task.samples)
-        runs = f"{count} run{'s' if count != 1 else ''}"
-        if task.may_shorten and 0 < count < repeat and not task.errors:
-            runs += f" of {repeat}: a run took over {SLOW_RUN_S:g} s"
-        if not task.samples:
-            rows.append(f"| {task.label} | error | error | error | {_target(task, fix)} | error |")
-            continue
-        rss_ratio = task.maxrss_mb / file_mb
-        if task is fix:
-            misses = [what for what, ok in (("time", task.seconds < FIX_TIME_TARGET_S),
-                                            ("RSS", rss_ratio < FIX_RSS_TARGET_RATIO)) if not ok]
-            if _nothing_fixed(task):
-                misses.append("nothing was fixed, see below")
-            met = "yes" if not misses else f"no ({', '.join(misses)})"
-        else:
-            met = "- (nothing was fixed, see below)" if _nothing_fixed(task) else "-"
-        rows.append(f"| {task.label} ({runs}) | {task.seconds:.2f} | {task.maxrss_mb:.1f} | "
-                    f"{rss_ratio:.2f}x | {_target(task, fix)} | {met} |")
+    rows += [_row(task, fix, file_mb, repeat) for task in tasks]
     if lint.samples and load.samples:
         rows.append(f"| lint / onnx.load | {lint.seconds / load.seconds:.2f}x | "
                     f"{lint.maxrss_mb / load.maxrss_mb:.2f}x | - | ratios only (targets: another issue) | - |")
     else:
         rows.append("| lint / onnx.load | error | error | - | ratios only (targets: another issue) | error |")
+    rows += [_row(task, fix, file_mb, repeat) for task in then or []]
     return rows
+
+
+def _row(task: Task, fix: Task, file_mb: float, repeat: int) -> str:
+    count = len(task.samples)
+    runs = f"{count} run{'s' if count != 1 else ''}"
+    if task.may_shorten and 0 < count < repeat and not task.errors:
+        runs += f" of {repeat}: a run took over {SLOW_RUN_S:g} s"
+    if not task.samples:
+        return f"| {task.label} | error | error | error | {_target(task, fix)} | error |"
+    rss_ratio = task.maxrss_mb / (task.file_mb or file_mb)
+    if task is fix:
+        misses = [what for what, ok in (("time", task.seconds < FIX_TIME_TARGET_S),
+                                        ("RSS", rss_ratio < FIX_RSS_TARGET_RATIO)) if not ok]
+        if _nothing_fixed(task):
+            misses.append("nothing was fixed, see below")
+        met = "yes" if not misses else f"no ({', '.join(misses)})"
+    else:
+        met = "- (nothing was fixed, see below)" if _nothing_fixed(task) else "-"
+    return (f"| {task.label} ({runs}) | {task.seconds:.2f} | {task.maxrss_mb:.1f} | "
+            f"{rss_ratio:.2f}x | {_target(task, fix)} | {met} |")
 
 
 def _nothing_fixed(task: Task) -> bool:
@@ -342,9 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "pwlint-bench",
                         help="where the generated model is cached (default: %(default)s)")
     parser.add_argument("--_generate", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--_generate-frameworks", metavar="PATH", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._generate:
         generate_model(Path(args._generate), args.quick)
+        return 0
+    if args._generate_frameworks:
+        generate_framework_models([Path(p) for p in args._generate_frameworks], args.quick)
         return 0
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -355,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     out = workdir / f"{model.stem}-fixed.onnx"
     file_mb = model.stat().st_size / MB
     source_stat = model.stat()
+    others, others_generated = ensure_framework_models(workdir, args.quick)
+    others_stat = {fmt: path.stat() for fmt, path in others.items()}
 
     lint = Task("pwlint MODEL (lint)", "pwlint", [str(model)], ok_codes=(0, 1))
     load = Task("onnx.load(MODEL)", "onnx.load", [str(model)])
@@ -362,12 +486,18 @@ def main(argv: list[str] | None = None) -> int:
                output=out, may_shorten=True, ok_codes=(0, 1))
     fix_nv = Task("pwlint MODEL --fix --no-verify -o OUT", "pwlint",
                   [str(model), "--fix", "--no-verify", "-o", str(out)], output=out, may_shorten=True, ok_codes=(0, 1))
+    other_lints = [Task(f"pwlint vgg16.{fmt} (lint)", "pwlint", [str(path)], ok_codes=(0, 1),
+                        file_mb=others_stat[fmt].st_size / MB) for fmt, path in others.items()]
     tasks = [lint, load, fix, fix_nv]
-    for task in tasks:
+    for task in tasks + other_lints:
         measure(task, args.repeat)
     if model.stat().st_mtime_ns != source_stat.st_mtime_ns or model.stat().st_size != source_stat.st_size:
         sys.stderr.write(f"warning: {model} changed during the benchmark; it will be regenerated next time\n")
         model.unlink(missing_ok=True)
+    for fmt, path in others.items():
+        if path.stat().st_mtime_ns != others_stat[fmt].st_mtime_ns or path.stat().st_size != others_stat[fmt].st_size:
+            sys.stderr.write(f"warning: {path} changed during the benchmark; it will be regenerated next time\n")
+            path.unlink(missing_ok=True)
 
     found = versions()
     print(f"Machine: {platform.system()} {platform.machine()}, os.cpu_count()={os.cpu_count()}, "
@@ -375,21 +505,26 @@ def main(argv: list[str] | None = None) -> int:
           f"numpy {found['numpy']}, pwlint {found['pwlint']}; "
           f"model {model.name} ({'quick, 1/%d channels' % QUICK_DIVISOR if args.quick else 'VGG16-sized'}) "
           f"{file_mb:.1f} MB{' (generated now)' if generated else ' (cached)'}; MB = 2^20 bytes")
+    print(f"Same architecture, random weights, written by keras {found['keras']} (KERAS_BACKEND=torch) and torch "
+          f"{found['torch']}: " + ", ".join(f"{path.name} {others_stat[fmt].st_size / MB:.1f} MB"
+                                             for fmt, path in others.items())
+          + (" (generated now)" if others_generated else " (cached)"))
     print()
-    print("\n".join(table(tasks, lint, load, fix, file_mb, args.repeat)))
+    print("\n".join(table(tasks, lint, load, fix, file_mb, args.repeat, then=other_lints)))
     print()
     print(f"Time: median wall time in a fresh Python process, imports included. Peak RSS: ru_maxrss of that "
           f"process. Fix target: verified fix under {FIX_TIME_TARGET_S:g} s and under "
           f"{FIX_RSS_TARGET_RATIO:g}x the file size.")
     notes = fix_notes(fix) + fix_notes(fix_nv)
-    errors = [f"- {task.label}: {error}" for task in tasks for error in task.errors]
+    errors = [f"- {task.label}: {error}" for task in tasks + other_lints for error in task.errors]
     if notes:
         print("\nWhat --fix reported (first run):")
         print("\n".join(notes))
     if errors:
         print("\nErrors:")
         print("\n".join(errors))
-    print(f"\nWhole benchmark: {time.perf_counter() - started:.0f} s{' (including model generation)' if generated else ''}.")
+    print(f"\nWhole benchmark: {time.perf_counter() - started:.0f} s"
+          f"{' (including model generation)' if generated or others_generated else ''}.")
     return 0
 
 

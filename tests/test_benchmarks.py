@@ -1,4 +1,4 @@
-"""benchmarks/run.py keeps working: a smoke run on the quick model prints the whole table."""
+"""benchmarks/run.py keeps working: a smoke run on the quick models prints the whole table."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ ROWS = (
     "pwlint MODEL --fix -o OUT (verified)",
     "pwlint MODEL --fix --no-verify -o OUT",
     "lint / onnx.load",
+    "pwlint vgg16.keras (lint)",
+    "pwlint vgg16.h5 (lint)",
+    "pwlint vgg16.pt2 (lint)",
 )
+CACHED = ["vgg16-quick.h5", "vgg16-quick.keras", "vgg16-quick.onnx", "vgg16-quick.pt2"]
 NUMBER = re.compile(r"^\d+(\.\d+)?x?$")
 
 
@@ -27,6 +31,7 @@ def test_quick_benchmark_prints_the_table(tmp_path):
     out = proc.stdout
     assert out.startswith("Machine: "), out
     assert "os.cpu_count()=" in out and "onnxruntime " in out and " MB" in out.splitlines()[0]
+    assert all(f"{name} " in out.splitlines()[1] for name in CACHED if not name.endswith(".onnx")), out
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     assert lines[0] == "| task | median time (s) | peak RSS (MB) | RSS / file size | target | met? |"
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
@@ -38,6 +43,6 @@ def test_quick_benchmark_prints_the_table(tmp_path):
         for cell in numeric:
             assert NUMBER.match(cell), (row, out)
     assert "Errors:" not in out, out
-    # the fix really changed the model; the cached model stays for the next run, the outputs are gone
+    # the fix really changed the model; the cached models stay for the next run, the outputs are gone
     assert "nothing was fixed" not in out, out
-    assert [p.name for p in tmp_path.iterdir()] == ["vgg16-quick.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == CACHED
