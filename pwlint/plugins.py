@@ -21,6 +21,7 @@ DEFAULT_PLUGINS = (
     "pwlint.loaders.onnx_loader",
     "pwlint.loaders.keras_loader",
     "pwlint.loaders.torch_loader",
+    "pwlint.backends.keras_register",
     "pwlint.backends.pt2_register",
     "pwlint.reporters.text",
     "pwlint.reporters.json",
