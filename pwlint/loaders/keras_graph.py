@@ -162,6 +162,9 @@ class GraphBuilder:
         out_shape = recorded[0] if recorded and recorded[0] is not None else computed
         if path not in self.created:
             self._create(layer, path, in_shapes, out_shape)
+        elif self.graph.layer(self.created[path][0]).params:
+            # called again: one set of weights serves two places, as shared ONNX weights do
+            self.graph.layer(self.created[path][0]).attrs["shared_weights"] = True
         main, tail = self.created[path]
         for position, tensor in enumerate(inputs):
             if tensor.producer is not None:

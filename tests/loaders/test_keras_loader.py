@@ -134,6 +134,9 @@ def test_shared_layer_is_one_layer_counted_once(keras_file, fmt):
     assert graph.graph.edges["shared_fc/activation", "join"]["tensors"] == ["shared_fc[0][0]", "shared_fc[1][0]"]
     assert join.output_shape == (None, 32)
     assert graph.total_params == sum(trainable_params(layer) for _, layer in leaf_layers(model))
+    # its weights serve two places: a fix may not rewrite it for one of them
+    assert shared.attrs.get("shared_weights") is True
+    assert not graph.layer("join").attrs.get("shared_weights")
 
 
 # the IR ------------------------------------------------------------------------------
