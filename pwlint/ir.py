@@ -59,6 +59,17 @@ class Layer:
         return self.input_shapes[0] if self.input_shapes else None
 
 
+def unique_name(name: str, used: set[str]) -> str:
+    """``name``, or ``name#2``, ``name#3``... if taken; the result is added to ``used``.
+    Every loader names a repeated source name this way."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}#{n}"
+    used.add(candidate)
+    return candidate
+
+
 def spatial_size(shape: Shape | None, layout: str | None) -> int | None:
     """H*W (or the product of all spatial dims) of a feature map, None if unknown."""
     if shape is None or len(shape) < 3:

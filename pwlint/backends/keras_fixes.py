@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pwlint.backends.lowrank import factorise
+from pwlint.backends.lowrank import factorise, factorised_note
 from pwlint.errors import FixNotApplicable
 from pwlint.ir import ModelGraph
 
@@ -556,10 +556,7 @@ def factorise_dense(edit: ModelEdit, graph: ModelGraph, plan: dict) -> str:
     if config.get("use_bias", True):
         second_values.append(values[_weight(layer, "bias")])
     edit.weights[container.prefix + (second_name,)] = second_values
-    return (
-        f"'{plan['dense']}' factorised at rank {low.rank}: {rows * cols} -> {low.rank * (rows + cols)} weights, "
-        f"relative weight error {low.error:.3g}"
-    )
+    return factorised_note(plan["dense"], rows, cols, low)
 
 
 ACTIONS = {

@@ -56,3 +56,11 @@ def factorise(weight: np.ndarray, plan: dict) -> LowRank:
     second = root[:, None] * vt[:rank]
     error = np.linalg.norm(weight - first @ second) / max(np.linalg.norm(weight), 1e-30)
     return LowRank(first, second, rank, float(error))
+
+
+def factorised_note(name: str, rows: int, cols: int, low: LowRank) -> str:
+    """The one-line note every backend gives for a factorised layer."""
+    return (
+        f"'{name}' factorised at rank {low.rank}: {rows * cols} -> {low.rank * (rows + cols)} weights, "
+        f"relative weight error {low.error:.3g}"
+    )

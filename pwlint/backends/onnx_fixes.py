@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from pwlint.backends.lowrank import choose_rank
+from pwlint.backends.lowrank import factorise, factorised_note
 from pwlint.backends.onnx_edit import Editor
 from pwlint.errors import FixNotApplicable
 from pwlint.ir import Layer, ModelGraph
@@ -196,17 +196,8 @@ def factorise_dense(editor: Editor, graph: ModelGraph, plan: dict) -> str:
     dense = _dense(editor, layer)
     dtype = _dtype_of(editor, layer)
     rows, cols = dense.weight.shape
-    u, s, vt = np.linalg.svd(dense.weight.astype(np.float64), full_matrices=False)
-    rank = choose_rank(s, rows, cols, plan)
-    if rank * (rows + cols) >= rows * cols:
-        raise FixNotApplicable(
-            f"rank {rank} is needed for the requested accuracy, and two factors of that rank "
-            f"are no smaller than the {rows}x{cols} layer"
-        )
-    root = np.sqrt(s[:rank])
-    first = u[:, :rank] * root
-    second = root[:, None] * vt[:rank]
-    error = np.linalg.norm(dense.weight - first @ second) / max(np.linalg.norm(dense.weight), 1e-30)
+    low = factorise(dense.weight, plan)
+    first, second = low.first, low.second
     middle = editor.fresh(f"{dense.output}_low_rank")
     nodes = [
         helper.make_node("MatMul", [dense.data_input, editor.add_initializer(f"{layer.name}.u", first.astype(dtype))],
@@ -225,10 +216,7 @@ def factorise_dense(editor: Editor, graph: ModelGraph, plan: dict) -> str:
         ]
     editor.replace_nodes(dense.nodes, nodes)
     editor.remove_dead()
-    return (
-        f"'{layer.name}' factorised at rank {rank}: {rows * cols} -> {rank * (rows + cols)} weights, "
-        f"relative weight error {error:.3g}"
-    )
+    return factorised_note(layer.name, rows, cols, low)
 
 
 ACTIONS = {

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from pwlint.backends.lowrank import factorise
+from pwlint.backends.lowrank import factorise, factorised_note
 from pwlint.errors import FixNotApplicable
 from pwlint.ir import Layer, ModelGraph
 
@@ -430,10 +430,7 @@ def factorise_dense(gm: fx.GraphModule, graph: ModelGraph, plan: dict) -> str:
         gm.graph.erase_node(node)
     _finish(gm, [dense.weight_attr, dense.bias_attr])
     rows, cols = dense.weight.shape[1], dense.weight.shape[0]
-    return (
-        f"'{layer.name}' factorised at rank {low.rank}: {rows * cols} -> {low.rank * (rows + cols)} weights, "
-        f"relative weight error {low.error:.3g}"
-    )
+    return factorised_note(layer.name, rows, cols, low)
 
 
 ACTIONS = {

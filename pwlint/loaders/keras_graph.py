@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 
 from pwlint.errors import LoadError
-from pwlint.ir import Layer, ModelGraph
+from pwlint.ir import Layer, ModelGraph, unique_name
 from pwlint.loaders.keras_config import LayerSpec, ModelSpec, as_shape, input_layer_shape
 from pwlint.loaders.keras_layers import activation_name, config_params, describe, is_trainable
 from pwlint.loaders.keras_read import KerasFile
@@ -46,12 +46,7 @@ class GraphBuilder:
         self.unknown: list[str] = []
 
     def _unique(self, name: str) -> str:
-        candidate, n = name, 1
-        while candidate in self.used:
-            n += 1
-            candidate = f"{name}#{n}"
-        self.used.add(candidate)
-        return candidate
+        return unique_name(name, self.used)
 
     def build(self) -> ModelGraph:
         if self.spec is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from math import prod
 
 from pwlint.hookspecs import hookimpl
-from pwlint.ir import Layer, ModelGraph
+from pwlint.ir import Layer, ModelGraph, unique_name as _unique
 from pwlint.loaders.onnx_patterns import (
     NodeIndex,
     decomposed_norm_groups,
@@ -49,15 +49,6 @@ NORM_TYPES = {
 }
 #: BatchNormalization inputs that are running statistics, not trainable values
 NON_TRAINABLE_INPUTS = {"BatchNormalization": {3, 4}}
-
-
-def _unique(name: str, used: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{name}#{n}"
-    used.add(candidate)
-    return candidate
 
 
 class _Builder:

@@ -19,18 +19,9 @@ argument names (``x``); outputs are ``output``, ``output#2``...
 
 from __future__ import annotations
 
-from pwlint.ir import Layer, ModelGraph
+from pwlint.ir import Layer, ModelGraph, unique_name as _unique
 from pwlint.loaders.torch_ops import CONV, DENSE, bias_add, describe, is_auxiliary
 from pwlint.loaders.torch_program import OpNode, Program, Tensors
-
-
-def _unique(name: str, used: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{name}#{n}"
-    used.add(candidate)
-    return candidate
 
 
 class _Builder:
