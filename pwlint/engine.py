@@ -159,7 +159,7 @@ class Linter:
 
     def lint_file(self, path: str) -> FileResult:
         settings = self.resolver.for_path(path)
-        ruleset = self.ruleset(settings)
+        self.ruleset(settings)  # a bad configuration is an error even for a file that is missing
         file_result = FileResult(path=path, fail_on=settings.fail_on)
         if not os.path.exists(path):
             file_result.error = f"{path}: no such file or directory"

@@ -343,7 +343,6 @@ def randomised(model, seed: int = 0):
     """``model`` with every floating-point initializer filled with random values (BatchNorm
     variances positive), so that a rewrite that gets a weight wrong shows in the outputs."""
     import numpy as np
-    import onnx
     from onnx import numpy_helper
 
     rng = np.random.default_rng(seed)

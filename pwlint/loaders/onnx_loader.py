@@ -7,8 +7,6 @@ from initializer dims, and external data is not touched.
 
 from __future__ import annotations
 
-from math import prod
-
 from pwlint.hookspecs import hookimpl
 from pwlint.ir import Layer, ModelGraph, unique_name as _unique
 from pwlint.loaders.onnx_patterns import (
