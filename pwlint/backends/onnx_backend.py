@@ -205,7 +205,7 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
         import onnxruntime as ort
     except ImportError:
         raise FixNotApplicable(
-            "onnxruntime is not installed (pip install 'pwlint[onnx]'), or use --no-verify"
+            "onnxruntime is not installed (pip install 'pwlint[onnx]')"
         ) from None
 
     ort.set_default_logger_severity(4)  # errors come back as exceptions, not log lines on stderr
