@@ -147,6 +147,13 @@ def fix_file(
                 feeds, baseline = backend.run(Path(path))
             except Exception as exc:  # whatever the runtime raised: a candidate's run is judged alike
                 unverifiable = f"cannot verify: {_reason(exc)} (--no-verify applies fixes without the numeric check)"
+            else:
+                if not any(np.isfinite(np.asarray(out, np.float64)).any() for out in baseline if np.size(out)):
+                    # nothing to compare: every output is NaN or inf on the sample inputs
+                    unverifiable = (
+                        "cannot verify: the model's outputs are all NaN or inf on random inputs "
+                        "(--no-verify applies fixes without the numeric check)"
+                    )
         if unverifiable:
             for finding in findings:
                 fix = _chosen(finding, mode)

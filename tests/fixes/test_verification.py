@@ -193,3 +193,39 @@ def test_nan_outputs_the_original_has_too_do_not_block_a_safe_fix(tmp_path):
     assert [o["code"] for o in fix["applied"]] == ["PW001"], fix["not_applied"]
     assert fix["max_abs_diff"] < 1e-5
     assert_same_outputs(original, path)  # assert_allclose treats NaN == NaN
+
+
+def test_a_model_whose_outputs_are_all_nan_is_not_called_verified(tmp_path):
+    """A conv with NaN weights makes every output NaN: a fix cannot be checked against
+    that, so it is not applied (unless --no-verify), instead of passing a comparison
+    of NaN with NaN."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.conftest import fix_json
+
+    C, S, K = 4, 3, 5
+    inits = [
+        numpy_helper.from_array(np.full((C, 3, 1, 1), np.nan, np.float32), "cw"),
+        numpy_helper.from_array(np.ones((K, C * S * S), np.float32), "w"),
+        numpy_helper.from_array(np.zeros((K,), np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", kernel_shape=[1, 1]),
+        helper.make_node("Flatten", ["c"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w", "b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "nan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, S, S])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, K])], inits,
+    )
+    path = tmp_path / "nan.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    before = path.read_bytes()
+    _, report = fix_json(path, "--fix")
+    (outcome,) = [o for o in report["files"][0]["fix"]["not_applied"] if o["code"] == "PW001"]
+    assert "NaN" in outcome["note"]
+    assert path.read_bytes() == before
+    _, applied = fix_json(path, "--fix", "--no-verify")
+    assert [o["code"] for o in applied["files"][0]["fix"]["applied"]] == ["PW001"]
