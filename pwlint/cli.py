@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
     check.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that makes the exit code 1 (default: warning)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings (errors still exit 2)")
+    check.add_argument("--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
+    check.add_argument("--statistics", action="store_true", help="after the report, count the findings per rule")
     check.add_argument("--fix", action="store_true", help="apply safe fixes, verify them and write the model (in place unless -o)")
     check.add_argument("--unsafe-fixes", action="store_true", help="also apply unsafe fixes, which change what the model computes")
     check.add_argument("--diff", action="store_true", help="show what --fix would change and write nothing")
@@ -145,9 +147,44 @@ def _check(registry, args) -> int:
         raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {', '.join(registry.suffixes)})")
     for file in result.errors:
         sys.stderr.write(f"pwlint: error: {file.error}\n")
-    reporter.report(result, sys.stdout)
+    if args.output_file:
+        _write_report(reporter, result, args.output_file)
+    else:
+        reporter.report(result, sys.stdout)
+    if args.statistics:
+        _statistics(result, sys.stderr if args.output_file is None and args.format != "text" else sys.stdout)
     sys.stdout.flush()
     return result.exit_code(exit_zero=args.exit_zero)
+
+
+def _write_report(reporter, result, target: str) -> None:
+    """The report goes to a temporary file next to ``target``, renamed into place: a CI
+    step never reads half a report."""
+    import tempfile
+    from pathlib import Path
+
+    from pwlint.errors import PwlintError
+
+    folder = Path(target).resolve().parent
+    temporary = None
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".pwlint-", suffix=".tmp", delete=False, encoding="utf-8") as handle:
+            temporary = handle.name
+            reporter.report(result, handle)
+        os.replace(temporary, target)
+    except OSError as exc:
+        if temporary and os.path.exists(temporary):
+            os.unlink(temporary)
+        raise PwlintError(f"cannot write the report to {target}: {exc.strerror or exc}") from None
+
+
+def _statistics(result, stream) -> None:
+    """``--statistics``: one line per rule, most frequent first, as ruff prints it."""
+    from collections import Counter
+
+    counts = Counter((f.code, f.rule) for f in result.findings)
+    for (code, rule), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        stream.write(f"{count:>5}  {code}  {rule}\n")
 
 
 def _find_rule(registry, code: str):

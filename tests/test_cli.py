@@ -460,3 +460,35 @@ def test_folders_are_not_searched_for_pickled_checkpoints(tmp_path, cnn_file, pw
     assert run.code == 1 and run.err == ""  # the ONNX model's findings, nothing about the pickles
     explicit = pwlint(str(model.parent / "weights.pt"))
     assert explicit.code == 2 and "weights.pt" in explicit.err
+
+
+def test_output_file_holds_the_report_and_stdout_stays_empty(tmp_path, cnn_file, pwlint):
+    model = cnn_file()
+    target = tmp_path / "report.json"
+    run = pwlint(str(model), "--format", "json", "--output-file", str(target))
+    assert run.code == 1 and run.out == ""
+    report = json.loads(target.read_text())
+    assert [f["code"] for f in report["findings"]] == [f["code"] for f in lint(model)["findings"]]
+    assert not list(tmp_path.glob(".pwlint-*"))
+
+
+def test_output_file_that_cannot_be_written_is_one_line(tmp_path, cnn_file, pwlint):
+    run = pwlint(str(cnn_file()), "--output-file", str(tmp_path / "missing" / "r.txt"))
+    assert run.code == 2 and run.err.count("\n") == 1 and "r.txt" in run.err
+
+
+def test_statistics_count_findings_per_rule(tmp_path, pwlint):
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    report = lint(examples / "vgg_bn.onnx")
+    expected = {}
+    for finding in report["findings"]:
+        expected[finding["code"]] = expected.get(finding["code"], 0) + 1
+    run = pwlint(str(examples / "vgg_bn.onnx"), "--statistics")
+    rows = [line.split() for line in run.out.splitlines() if line.strip()[:1].isdigit()]
+    assert {code: int(count) for count, code, _ in rows} == expected
+    assert [int(r[0]) for r in rows] == sorted((int(r[0]) for r in rows), reverse=True)
+    as_json = pwlint(str(examples / "vgg_bn.onnx"), "--statistics", "--format", "json")
+    json.loads(as_json.out)  # statistics go to stderr, the JSON stays parseable
+    assert "PW004" in as_json.err
