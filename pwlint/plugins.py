@@ -25,6 +25,10 @@ DEFAULT_PLUGINS = (
     "pwlint.backends.pt2_register",
     "pwlint.reporters.text",
     "pwlint.reporters.json",
+    "pwlint.reporters.concise",
+    "pwlint.reporters.github",
+    "pwlint.reporters.junit",
+    "pwlint.reporters.sarif",
 )
 
 
