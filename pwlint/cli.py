@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that makes the exit code 1 (default: warning)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings (errors still exit 2)")
     check.add_argument("--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
+    check.add_argument("-q", "--quiet", action="store_true", help="no progress line on the terminal")
     check.add_argument("--statistics", action="store_true", help="after the report, count the findings per rule")
     check.add_argument("--fix", action="store_true", help="apply safe fixes, verify them and write the model (in place unless -o)")
     check.add_argument("--unsafe-fixes", action="store_true", help="also apply unsafe fixes, which change what the model computes")
@@ -142,7 +143,10 @@ def _check(registry, args) -> int:
     linter = Linter(registry, ConfigResolver(overrides, args.config), fix_mode)
     if args.output and len(linter.files(args.paths)) != 1:
         raise PwlintError("-o/--output takes exactly one model to fix")
-    result = linter.lint_paths(args.paths)
+    progress = None if args.quiet else _progress_on_terminal()
+    result = linter.lint_paths(args.paths, progress=progress)
+    if progress is not None and progress.shown:
+        sys.stderr.write("\r\x1b[K")  # the report starts on a clean line
     if not result.files:
         raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {', '.join(registry.suffixes)})")
     for file in result.errors:
@@ -155,6 +159,31 @@ def _check(registry, args) -> int:
         _statistics(result, sys.stderr if args.output_file is None and args.format != "text" else sys.stdout)
     sys.stdout.flush()
     return result.exit_code(exit_zero=args.exit_zero)
+
+
+#: a file at least this large gets a progress line even when it is the only one
+LARGE_FILE = 50 * 2**20
+
+
+def _progress_on_terminal():
+    """A progress line on stderr for many or large files, only when stderr is a terminal
+    (CI logs and pre-commit output stay clean); it is cleared before the report."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(index: int, total: int, path: str) -> None:
+        try:
+            large = os.path.getsize(path) >= LARGE_FILE
+        except OSError:
+            large = False
+        if total > 1 or large:
+            line = f"pwlint: [{index + 1}/{total}] {path}"[:200]
+            sys.stderr.write(f"\r\x1b[K{line}")
+            sys.stderr.flush()
+            show.shown = True
+
+    show.shown = False
+    return show
 
 
 def _write_report(reporter, result, target: str) -> None:

@@ -151,9 +151,14 @@ class Linter:
     def files(self, paths: Iterable[str]) -> list[str]:
         return discover(paths, self.registry.discovered_suffixes)
 
-    def lint_paths(self, paths: Iterable[str]) -> LintResult:
+    def lint_paths(self, paths: Iterable[str], progress=None) -> LintResult:
+        """Lint every model under ``paths``; ``progress(index, total, path)`` is called
+        before each file, when given."""
         result = LintResult()
-        for path in self.files(paths):
+        files = self.files(paths)
+        for index, path in enumerate(files):
+            if progress is not None:
+                progress(index, len(files), path)
             result.files.append(self.lint_file(path))
         return result
 

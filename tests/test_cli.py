@@ -492,3 +492,38 @@ def test_statistics_count_findings_per_rule(tmp_path, pwlint):
     as_json = pwlint(str(examples / "vgg_bn.onnx"), "--statistics", "--format", "json")
     json.loads(as_json.out)  # statistics go to stderr, the JSON stays parseable
     assert "PW004" in as_json.err
+
+
+def _on_a_terminal(args, cwd):
+    """Run pwlint with stderr on a pseudo-terminal (stdout to a file) and return stderr."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pwlint", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=follower, timeout=120,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.returncode, b"".join(chunks).decode()
+
+
+def test_progress_shows_on_a_terminal_only(tmp_path, cnn_file):
+    folder = cnn_file("models/a.onnx").parent
+    cnn_file("models/b.onnx")
+    code, err = _on_a_terminal([str(folder)], tmp_path)
+    assert code == 1 and "[1/2]" in err and "[2/2]" in err
+    assert _on_a_terminal(["-q", str(folder)], tmp_path)[1] == ""
+    piped = run_command(str(folder), cwd=tmp_path)  # stderr is a pipe: silent
+    assert piped.err == ""
