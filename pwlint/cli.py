@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("paths", nargs="+", metavar="PATH", help="model files or folders")
     check.add_argument("--select", action="append", metavar="CODES", help="rule codes, prefixes or names to enable (comma-separated); replaces the configured select")
     check.add_argument("--ignore", action="append", metavar="CODES", help="rule codes, prefixes or names to disable (comma-separated); added to the configured ignore")
-    check.add_argument("--format", default="text", metavar="FORMAT", help="output format: text (default) or json")
+    check.add_argument("--format", default="text", metavar="FORMAT", help="output format: text (default), json, concise, github, junit or sarif")
     check.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
     check.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that makes the exit code 1 (default: warning)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings (errors still exit 2)")
