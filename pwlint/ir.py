@@ -59,13 +59,14 @@ class Layer:
         return self.input_shapes[0] if self.input_shapes else None
 
 
-def unique_name(name: str, used: set[str]) -> str:
+def unique_name(name: str, used: set[str], sep: str = "#") -> str:
     """``name``, or ``name#2``, ``name#3``... if taken; the result is added to ``used``.
-    Every loader names a repeated source name this way."""
+    Every loader names a repeated source name this way; fix backends, which write
+    names into model files, use ``sep="_"``."""
     candidate, n = name, 1
     while candidate in used:
         n += 1
-        candidate = f"{name}#{n}"
+        candidate = f"{name}{sep}{n}"
     used.add(candidate)
     return candidate
 

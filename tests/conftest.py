@@ -309,20 +309,26 @@ def run_onnx(path: str | Path, feeds: dict) -> list:
     return session.run(None, feeds)
 
 
-def max_output_diff(original: str | Path, fixed: str | Path, seeds=(0, 1, 2), symbolic: int = 1) -> float:
-    """Largest absolute output difference between two models on the same random inputs;
-    asserts that they have the same outputs of the same shapes."""
-    import numpy as np
-
-    worst = 0.0
+def _paired_outputs(original, fixed, seeds, symbolic):
+    """(before, after) output arrays of two models on the same random inputs, checked
+    to be as many and of the same shapes."""
     for seed in seeds:
         feeds = sample_inputs(original, seed, symbolic)
         before, after = run_onnx(original, feeds), run_onnx(fixed, feeds)
         assert len(before) == len(after)
         for b, a in zip(before, after):
             assert a.shape == b.shape, (a.shape, b.shape)
-            worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))))
-    return worst
+            yield b, a
+
+
+def max_output_diff(original: str | Path, fixed: str | Path, seeds=(0, 1, 2), symbolic: int = 1) -> float:
+    """Largest absolute output difference between two models on the same random inputs."""
+    import numpy as np
+
+    return max(
+        (float(np.max(np.abs(a.astype(np.float64) - b))) for b, a in _paired_outputs(original, fixed, seeds, symbolic)),
+        default=0.0,
+    )
 
 
 def assert_same_outputs(original: str | Path, fixed: str | Path, seeds=(0, 1, 2), symbolic: int = 1,
@@ -330,13 +336,8 @@ def assert_same_outputs(original: str | Path, fixed: str | Path, seeds=(0, 1, 2)
     """Both models give the same outputs, within the tolerance of a safe fix, on random inputs."""
     import numpy as np
 
-    for seed in seeds:
-        feeds = sample_inputs(original, seed, symbolic)
-        before, after = run_onnx(original, feeds), run_onnx(fixed, feeds)
-        assert len(before) == len(after)
-        for b, a in zip(before, after):
-            assert a.shape == b.shape, (a.shape, b.shape)
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    for b, a in _paired_outputs(original, fixed, seeds, symbolic):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
 
 
 def randomised(model, seed: int = 0):

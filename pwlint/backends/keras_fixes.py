@@ -28,7 +28,7 @@ import numpy as np
 
 from pwlint.backends.lowrank import factorise, factorised_note
 from pwlint.errors import FixNotApplicable
-from pwlint.ir import ModelGraph
+from pwlint.ir import ModelGraph, unique_name
 
 #: classes of the layers that may sit in a head between the flatten and the dense
 #: layers, and between dense layers, and work unchanged on a [N, 1, 1, F] map
@@ -214,12 +214,7 @@ class ModelEdit:
         return current
 
     def fresh(self, name: str) -> str:
-        candidate, n = name, 1
-        while candidate in self.names:
-            n += 1
-            candidate = f"{name}_{n}"
-        self.names.add(candidate)
-        return candidate
+        return unique_name(name, self.names, sep="_")
 
     # new config entries ---------------------------------------------------------------
     def new_entry(self, layer, like: dict | None = None, dtype: Any = None) -> dict:

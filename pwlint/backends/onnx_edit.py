@@ -10,6 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from pwlint.errors import FixNotApplicable
+from pwlint.ir import unique_name
 from pwlint.loaders.onnx_wire import LARGE_PAYLOAD, read_payload
 
 
@@ -33,12 +34,7 @@ class Editor:
     # names ---------------------------------------------------------------
     def fresh(self, base: str) -> str:
         """A tensor or node name not used yet in the graph, derived from ``base``."""
-        candidate, n = base, 1
-        while candidate in self._names:
-            n += 1
-            candidate = f"{base}_{n}"
-        self._names.add(candidate)
-        return candidate
+        return unique_name(base, self._names, sep="_")
 
     # weights -------------------------------------------------------------
     def initializer(self, name: str) -> onnx.TensorProto | None:

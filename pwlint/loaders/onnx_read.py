@@ -7,11 +7,11 @@ recursion. :mod:`pwlint.loaders.onnx_loader` turns the result into layers.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from math import prod
 
 from pwlint.errors import LoadError
+from pwlint.loaders.files import require_model_file
 
 FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 #: Initializers at most this large keep their values for shape inference
@@ -68,12 +68,7 @@ def parse_file(path: str):
 
     from pwlint.loaders.onnx_wire import WireError, read_model
 
-    if not os.path.exists(path):
-        raise LoadError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise LoadError(f"{path}: is a directory")
-    if os.path.getsize(path) == 0:
-        raise LoadError(f"{path}: empty file, not an ONNX model")
+    require_model_file(path, "an ONNX model")
     try:
         # weights stay in the file: linting needs their shapes, fixing reads them one by one
         model = read_model(path)

@@ -15,11 +15,11 @@ Nothing in a PyTorch file is ever unpickled here. A file is one of:
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 import zlib
 
 from pwlint.errors import LoadError
+from pwlint.loaders.files import require_model_file
 
 MB = 2**20
 #: the serialized program: refuse anything larger rather than exhaust memory
@@ -91,12 +91,7 @@ class Archive:
 
 def open_archive(path: str) -> Archive | None:
     """The file as an :class:`Archive`, or None if it is not a zip file at all."""
-    if not os.path.exists(path):
-        raise LoadError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise LoadError(f"{path}: is a directory")
-    if os.path.getsize(path) == 0:
-        raise LoadError(f"{path}: empty file, not a PyTorch model")
+    require_model_file(path, "a PyTorch model")
     try:
         if not zipfile.is_zipfile(path):
             return None
