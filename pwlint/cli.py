@@ -1,6 +1,7 @@
 """The ``pwlint`` command.
 
     pwlint [check] PATH...     lint model files and folders
+    pwlint diff OLD NEW        compare two versions of a model (or --git REV)
     pwlint rule CODE           show a rule's documentation
     pwlint rules               list the rules
     pwlint plugins             list the loaded plugins and what they provide
@@ -18,7 +19,7 @@ import sys
 
 from pwlint import __version__
 
-COMMANDS = ("check", "rule", "rules", "plugins")
+COMMANDS = ("check", "diff", "rule", "rules", "plugins")
 SEVERITIES = ("info", "warning", "error")
 
 
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pwlint",
         description="Lint neural-network models: Flatten+Dense heads, oversized dense layers, missing normalisation.",
-        epilog="Commands: check (default), rule CODE, rules, plugins. Exit codes: 0 clean, 1 findings, 2 error.",
+        epilog="Commands: check (default), diff OLD NEW, rule CODE, rules, plugins. Exit codes: 0 clean, 1 findings, 2 error.",
     )
     parser.add_argument("--version", action="version", version=f"pwlint {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -51,13 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
     check.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that makes the exit code 1 (default: warning)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings (errors still exit 2)")
-    check.add_argument("--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
+    check.add_argument("--output-file", metavar="FILE", help="write the report to FILE instead of standard output (also -o FILE when not fixing)")
     check.add_argument("-q", "--quiet", action="store_true", help="no progress line on the terminal")
     check.add_argument("--statistics", action="store_true", help="after the report, count the findings per rule")
+    check.add_argument("--write-baseline", metavar="FILE", help="record the current findings in FILE and exit 0; later runs with --baseline FILE report only new ones")
+    check.add_argument("--baseline", metavar="FILE", help="hide the findings recorded in FILE and list its stale entries")
     check.add_argument("--fix", action="store_true", help="apply safe fixes, verify them and write the model (in place unless -o)")
     check.add_argument("--unsafe-fixes", action="store_true", help="also apply unsafe fixes, which change what the model computes")
     check.add_argument("--diff", action="store_true", help="show what --fix would change and write nothing")
-    check.add_argument("-o", "--output", metavar="PATH", help="with --fix, write the fixed model here and leave the source untouched")
+    check.add_argument("-o", "--output", metavar="PATH", help="with --fix, write the fixed model here and leave the source untouched; without it, write the report here (as --output-file)")
     check.add_argument("--no-verify", action="store_true", help="with --fix, skip the numeric check (the format's checker still runs)")
 
     rule = sub.add_parser("rule", help="show a rule's documentation")
@@ -67,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     rules.add_argument("--format", default="text", choices=("text", "json"))
 
     sub.add_parser("plugins", help="list the loaded plugins and what they provide")
+
+    from pwlint import model_diff
+
+    model_diff.add_arguments(sub.add_parser("diff", help="compare two versions of a model: findings, parameters, MACs, file size"))
     parser.check_parser = check
     return parser
 
@@ -116,6 +123,10 @@ def _run(args) -> int:
         return _list_rules(registry, args.format)
     if args.command == "plugins":
         return _list_plugins(registry)
+    if args.command == "diff":
+        from pwlint import model_diff
+
+        return model_diff.run(registry, args)
     return _check(registry, args)
 
 
@@ -134,12 +145,19 @@ def _check(registry, args) -> int:
         fail_on=Severity(args.fail_on) if args.fail_on else None,
     )
     fix_mode = None
+    if args.output and not (args.fix or args.diff):
+        # ruff's -o: without --fix there is no model to write, so -o names the report
+        if args.output_file:
+            raise PwlintError("give the report file once: -o or --output-file")
+        args.output_file, args.output = args.output, None
+    if args.write_baseline and (args.fix or args.diff or args.baseline):
+        raise PwlintError("--write-baseline records findings; it does not combine with --fix, --diff or --baseline")
     if args.fix or args.diff:
         from pwlint.fixer import FixMode
 
         fix_mode = FixMode(unsafe=args.unsafe_fixes, verify=not args.no_verify, diff=args.diff, output=args.output)
-    elif args.output or args.no_verify:
-        raise PwlintError(f"{'-o/--output' if args.output else '--no-verify'} only makes sense with --fix")
+    elif args.no_verify:
+        raise PwlintError("--no-verify only makes sense with --fix")
     linter = Linter(registry, ConfigResolver(overrides, args.config), fix_mode)
     if args.output and len(linter.files(args.paths)) != 1:
         raise PwlintError("-o/--output takes exactly one model to fix")
@@ -151,6 +169,18 @@ def _check(registry, args) -> int:
         raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {', '.join(registry.suffixes)})")
     for file in result.errors:
         sys.stderr.write(f"pwlint: error: {file.error}\n")
+    if args.write_baseline:
+        from pwlint import baseline
+
+        count = baseline.write_baseline(result, args.write_baseline)
+        sys.stderr.write(f"pwlint: recorded {count} finding{'s' if count != 1 else ''} in {args.write_baseline}\n")
+        return 2 if result.errors else 0
+    if args.baseline:
+        from pwlint import baseline
+
+        outcome = baseline.apply_baseline(result, args.baseline)
+        for line in outcome.messages():
+            sys.stderr.write(f"pwlint: {line}\n")
     if args.output_file:
         _write_report(reporter, result, args.output_file)
     else:

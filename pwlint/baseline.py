@@ -1,0 +1,1 @@
+"""Baselines: placeholder, being written."""

@@ -1,0 +1,1 @@
+"""``pytest --pwlint``: placeholder, being written."""
