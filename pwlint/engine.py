@@ -16,6 +16,7 @@ from pwlint.errors import ConfigError, PwlintError
 from pwlint.findings import Finding, Severity
 from pwlint.plugins import Registry
 from pwlint.rule import Rule, RuleOptions
+from pwlint.signature import finding_signature
 
 SKIPPED_DIRS = {"node_modules", "__pycache__", "site-packages"}
 
@@ -208,6 +209,7 @@ class Linter:
                 # a finding that set its own severity (PW003's info) keeps it
                 finding.severity = finding.severity or severity
                 finding.unsafe_allowed = bool(self.fix_mode and self.fix_mode.unsafe)
+                finding.signature = finding_signature(graph, rule.code, finding.nodes)
                 found.append(finding)
         return found
 

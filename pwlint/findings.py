@@ -60,6 +60,8 @@ class Finding:
     path: str = ""
     #: whether unsafe fixes are allowed in this run; decides which fix is shown
     unsafe_allowed: bool = False
+    #: the rule and the flagged layers' structure, hashed (pwlint.signature); names excluded
+    signature: str = ""
 
     @property
     def fix(self) -> Fix | None:
