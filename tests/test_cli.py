@@ -462,14 +462,31 @@ def test_folders_are_not_searched_for_pickled_checkpoints(tmp_path, cnn_file, pw
     assert explicit.code == 2 and "weights.pt" in explicit.err
 
 
-def test_output_file_holds_the_report_and_stdout_stays_empty(tmp_path, cnn_file, pwlint):
+@pytest.mark.parametrize("flag", ["--output-file", "-o"])
+def test_output_file_holds_the_report_and_stdout_stays_empty(tmp_path, cnn_file, pwlint, flag):
+    """Without --fix, ``-o`` is the report file, as ruff's is."""
     model = cnn_file()
+    before = model.read_bytes()
     target = tmp_path / "report.json"
-    run = pwlint(str(model), "--format", "json", "--output-file", str(target))
+    run = pwlint(str(model), "--format", "json", flag, str(target))
+    assert model.read_bytes() == before
     assert run.code == 1 and run.out == ""
     report = json.loads(target.read_text())
     assert [f["code"] for f in report["findings"]] == [f["code"] for f in lint(model)["findings"]]
     assert not list(tmp_path.glob(".pwlint-*"))
+
+
+def test_report_file_given_twice_is_one_line(tmp_path, cnn_file, pwlint):
+    run = pwlint(str(cnn_file()), "-o", str(tmp_path / "a.txt"), "--output-file", str(tmp_path / "b.txt"))
+    assert "once" in one_line_error(run)
+    assert not list(tmp_path.glob("*.txt"))
+
+
+@pytest.mark.parametrize("extra", [["--fix"], ["--baseline", "b.json"]])
+def test_write_baseline_does_not_combine_with_fixing_or_another_baseline(tmp_path, cnn_file, pwlint, extra):
+    run = pwlint(str(cnn_file()), "--write-baseline", str(tmp_path / "w.json"), *extra)
+    assert "--write-baseline" in one_line_error(run)
+    assert not (tmp_path / "w.json").exists()
 
 
 def test_output_file_that_cannot_be_written_is_one_line(tmp_path, cnn_file, pwlint):
