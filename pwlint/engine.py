@@ -30,6 +30,8 @@ class FileResult:
     fail_on: Severity = Severity.WARNING
     #: a pwlint.fixer.FixReport when run with --fix or --diff
     fix: object = None
+    #: the codes of the rules that ran on this file (selection and per-file ignores applied)
+    checked_codes: set[str] = field(default_factory=set)
 
     def to_json(self) -> dict:
         data = {"path": self.path, "format": self.format, "error": self.error}
@@ -185,21 +187,23 @@ class Linter:
             file_result.error = f"{path}: model too large or too deeply nested to read ({type(exc).__name__})"
             return file_result
         try:
-            file_result.findings = self.check_graph(graph, path, settings)
+            file_result.findings = self.check_graph(graph, path, settings, file_result.checked_codes)
             if self.fix_mode is not None:
                 self._fix(file_result, loader.name, settings)
         except PwlintError as exc:
             file_result.error = str(exc)
         return file_result
 
-    def check_graph(self, graph, path: str, settings: Settings) -> list[Finding]:
-        """Run the rules selected for ``path`` on ``graph``."""
+    def check_graph(self, graph, path: str, settings: Settings, checked: set[str] | None = None) -> list[Finding]:
+        """Run the rules selected for ``path`` on ``graph``; their codes are added to ``checked``."""
         ruleset = self.ruleset(settings)
         ignored = settings.ignored_for(path)
         found: list[Finding] = []
         for rule, options, severity in ruleset.rules:
             if ignored and not is_enabled(rule, ["ALL"], ignored):
                 continue
+            if checked is not None:
+                checked.add(rule.code)
             try:
                 findings = list(rule.check(graph, options))
             except Exception as exc:  # a rule bug must not hide the other rules' findings
