@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _split(values: list[str] | None) -> list[str] | None:
+def split_selectors(values: list[str] | None) -> list[str] | None:
     if values is None:
         return None
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
@@ -140,8 +140,8 @@ def _check(registry, args) -> int:
     if reporter is None:
         raise PwlintError(f"unknown format '{args.format}' (known: {', '.join(registry.reporters)})")
     overrides = Overrides(
-        select=_split(args.select),
-        ignore=_split(args.ignore) or [],
+        select=split_selectors(args.select),
+        ignore=split_selectors(args.ignore) or [],
         fail_on=Severity(args.fail_on) if args.fail_on else None,
     )
     fix_mode = None
@@ -184,7 +184,9 @@ def _check(registry, args) -> int:
         for line in outcome.messages():
             sys.stderr.write(f"pwlint: {line}\n")
     if args.output_file:
-        _write_report(reporter, result, args.output_file)
+        from pwlint.report_file import write_report_file
+
+        write_report_file(args.output_file, lambda stream: reporter.report(result, stream))
     else:
         reporter.report(result, sys.stdout)
     if args.statistics:
@@ -216,27 +218,6 @@ def _progress_on_terminal():
 
     show.shown = False
     return show
-
-
-def _write_report(reporter, result, target: str) -> None:
-    """The report goes to a temporary file next to ``target``, renamed into place: a CI
-    step never reads half a report."""
-    import tempfile
-    from pathlib import Path
-
-    from pwlint.errors import PwlintError
-
-    folder = Path(target).resolve().parent
-    temporary = None
-    try:
-        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".pwlint-", suffix=".tmp", delete=False, encoding="utf-8") as handle:
-            temporary = handle.name
-            reporter.report(result, handle)
-        os.replace(temporary, target)
-    except OSError as exc:
-        if temporary and os.path.exists(temporary):
-            os.unlink(temporary)
-        raise PwlintError(f"cannot write the report to {target}: {exc.strerror or exc}") from None
 
 
 def _statistics(result, stream) -> None:

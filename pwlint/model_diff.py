@@ -1,13 +1,207 @@
-"""``pwlint diff OLD NEW``: placeholder, being written."""
+"""``pwlint diff OLD NEW`` and ``pwlint diff --git REV [PATH...]``: what a change to a model
+did, the way a reviewer asks it: which findings it brings, which it resolves, and what it
+does to parameters, MACs and file size.
+
+Findings are matched by rule code and the flagged layers' structure (pwlint.signature), as
+a multiset, never by layer names: exporters renumber nodes, so names would make every
+finding look new. Both versions are linted with the configuration that applies to NEW, so
+that a configuration change does not show up as findings resolved in the model.
+
+The CLI parser imports this module, so everything heavy is imported inside functions.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from dataclasses import dataclass, field
+
+from pwlint.findings import Finding, Severity
+
+FORMATS = ("text", "markdown", "json")
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("paths", nargs="*")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="OLD NEW: two model files; with --git, paths to limit the search to")
+    parser.add_argument("--git", metavar="REV", help="compare the models changed between REV and the working tree (untracked ones included)")
+    parser.add_argument("--format", default="text", choices=FORMATS, help="text (default), markdown (a pull-request comment) or json")
+    parser.add_argument("-o", "--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
+    parser.add_argument("--select", action="append", metavar="CODES", help="rule codes, prefixes or names to enable, as for check")
+    parser.add_argument("--ignore", action="append", metavar="CODES", help="rule codes, prefixes or names to disable, as for check")
+    parser.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
+    parser.add_argument("--fail-on", choices=[s.value for s in Severity], help="lowest severity of a new finding that makes the exit code 1 (default: warning)")
+    parser.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are new findings (errors still exit 2)")
+
+
+@dataclass
+class Figures:
+    """One version of a model, in numbers."""
+
+    params: int
+    macs: int
+    #: False when some layer's shapes were unknown, so that ``macs`` is a lower bound
+    macs_complete: bool
+    file_size: int
+
+    def to_json(self) -> dict:
+        return {"params": self.params, "macs": self.macs, "macs_complete": self.macs_complete, "file_size": self.file_size}
+
+
+@dataclass
+class ModelDiff:
+    path: str
+    #: the path of the OLD version, when it had one
+    old_path: str | None
+    #: modified, renamed, added, removed, or compared (two files named on the command line)
+    status: str
+    before: Figures | None
+    after: Figures | None
+    fail_on: Severity = Severity.WARNING
+    new: list[Finding] = field(default_factory=list)
+    resolved: list[Finding] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def failing(self) -> list[Finding]:
+        return [f for f in self.new if f.severity.rank >= self.fail_on.rank]
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path, "old_path": self.old_path, "status": self.status, "fail_on": self.fail_on.value,
+            "before": self.before and self.before.to_json(), "after": self.after and self.after.to_json(),
+            "new_findings": [f.to_json() for f in self.new],
+            "resolved_findings": [f.to_json() for f in self.resolved],
+            "unchanged_findings": self.unchanged,
+        }
+
+
+def match_findings(old: list[Finding], new: list[Finding]) -> tuple[list[Finding], list[Finding], int]:
+    """(new only, resolved, unchanged count): a multiset difference on (code, signature), so
+    that two identical layers flagged before and one after is one finding resolved."""
+    from collections import Counter
+
+    available = Counter((f.code, f.signature) for f in old)
+    fresh = []
+    for finding in new:
+        key = (finding.code, finding.signature)
+        if available[key]:
+            available[key] -= 1
+        else:
+            fresh.append(finding)
+    resolved = []
+    for finding in old:
+        key = (finding.code, finding.signature)
+        if available[key]:
+            available[key] -= 1
+            resolved.append(finding)
+    return fresh, resolved, len(new) - len(fresh)
+
+
+class Comparer:
+    """Loads and lints both versions of a model with NEW's configuration."""
+
+    def __init__(self, registry, args) -> None:
+        from pwlint.cli import split_selectors
+        from pwlint.config import ConfigResolver, Overrides
+        from pwlint.engine import Linter
+
+        overrides = Overrides(
+            select=split_selectors(args.select), ignore=split_selectors(args.ignore) or [],
+            fail_on=Severity(args.fail_on) if args.fail_on else None,
+        )
+        self.registry = registry
+        self.linter = Linter(registry, ConfigResolver(overrides, args.config))
+
+    def compare(self, status: str, path: str, old: tuple[str, str] | None, new: tuple[str, str] | None) -> ModelDiff:
+        """``old`` and ``new`` are (file to read, name to show) or None when that side is
+        missing; ``path`` decides the configuration and per-file ignores."""
+        settings = self.linter.resolver.for_path(path)
+        self.linter.ruleset(settings)  # a bad configuration is an error before any model is read
+        diff = ModelDiff(path=path, old_path=old and old[1], status=status, before=None, after=None, fail_on=settings.fail_on)
+        old_findings, new_findings = [], []
+        if old:
+            diff.before, old_findings = self._read(*old, path, settings)
+        if new:
+            diff.after, new_findings = self._read(*new, path, settings)
+        if status != "removed":  # a deleted model's findings leave with it; they are not "resolved"
+            diff.new, diff.resolved, diff.unchanged = match_findings(old_findings, new_findings)
+        return diff
+
+    def _read(self, file: str, label: str, path: str, settings) -> tuple[Figures, list[Finding]]:
+        from pwlint.errors import PwlintError
+        from pwlint.stats import model_stats
+
+        if os.path.isdir(file):
+            raise PwlintError(f"{label}: is a folder; pwlint diff compares two model files (or use --git REV)")
+        if not os.path.exists(file):
+            raise PwlintError(f"{label}: no such file or directory")
+        loader = self.registry.loader_for(file)
+        if loader is None:
+            raise PwlintError(f"{label}: unsupported file type (pwlint reads {', '.join(self.registry.suffixes)})")
+        try:
+            graph = loader.load(file)
+        except PwlintError as exc:
+            raise PwlintError(str(exc).replace(file, label)) from None
+        except (MemoryError, RecursionError) as exc:
+            raise PwlintError(f"{label}: model too large or too deeply nested to read ({type(exc).__name__})") from None
+        findings = self.linter.check_graph(graph, path, settings)
+        for finding in findings:
+            finding.path = label
+        stats = model_stats(graph)
+        return Figures(stats.params, stats.macs, stats.macs_complete, os.path.getsize(file)), findings
 
 
 def run(registry, args) -> int:
     from pwlint.errors import PwlintError
 
-    raise PwlintError("pwlint diff is not implemented yet")
+    comparer = Comparer(registry, args)
+    errors: list[str] = []
+    if args.git is not None:
+        diffs = _git_diffs(comparer, args, errors)
+    elif len(args.paths) != 2:
+        raise PwlintError("pwlint diff takes two model files, OLD NEW, or --git REV [PATH...]")
+    else:
+        old, new = args.paths
+        diffs = [comparer.compare("compared", new, (old, old), (new, new))]
+    for error in errors:
+        sys.stderr.write(f"pwlint: error: {error}\n")
+    from pwlint import diff_report
+
+    text = diff_report.render(args.format, diffs, args.git)
+    if args.output_file:
+        from pwlint.report_file import write_report_file
+
+        write_report_file(args.output_file, lambda stream: stream.write(text))
+    else:
+        sys.stdout.write(text)
+    if errors:
+        return 2
+    return 1 if any(d.failing for d in diffs) and not args.exit_zero else 0
+
+
+def _git_diffs(comparer: Comparer, args, errors: list[str]) -> list[ModelDiff]:
+    import tempfile
+
+    from pwlint.errors import PwlintError
+    from pwlint.git_models import GitModels
+
+    git = GitModels(args.git)
+    diffs = []
+    with tempfile.TemporaryDirectory(prefix="pwlint-diff-") as scratch:
+        for index, model in enumerate(git.changed(comparer.registry.discovered_suffixes, args.paths)):
+            path = model.path or model.old_path
+            try:
+                old = new = None
+                if model.old_path:
+                    folder = os.path.join(scratch, str(index))
+                    os.mkdir(folder)
+                    old = (git.extract(model.old_path, folder), f"{git.rev}:{model.old_path}")
+                if model.path:
+                    new = (git.working_file(model.path), model.path)
+                diff = comparer.compare(model.status, git.working_file(path), old, new)
+            except PwlintError as exc:
+                errors.append(str(exc))
+                continue
+            diff.path, diff.old_path = path, model.old_path
+            diffs.append(diff)
+    return diffs
