@@ -182,7 +182,10 @@ def fold_bias_into_norm(editor: Editor, graph: ModelGraph, plan: dict) -> str:
         mean_source = _constant_source(editor, norm.input[3])
         mean = editor.array(mean_source)
         folded = (mean.astype(np.float64) - bias.astype(np.float64)).astype(mean.dtype)
-        if mean_source != norm.input[3] or len(editor.consumers(norm.input[3])) > 1:
+        # a use count, not a consumer count: one BatchNorm may pass the same tensor as
+        # scale, bias, mean and variance
+        uses = sum(list(node.input).count(norm.input[3]) for node in editor.consumers(norm.input[3]))
+        if mean_source != norm.input[3] or uses > 1:
             norm.input[3] = editor.add_initializer(f"{norm.input[3]}_folded", folded)
         else:
             editor.replace_initializer(norm.input[3], folded)

@@ -89,3 +89,25 @@ def test_no_pw004_after_the_fold(vgg_bias, tmp_path):
     assert codes(report) == []
     assert codes(lint(model)) == codes(lint(model, "--ignore", "PW004"))
     assert "PW004" not in codes(lint(model))
+
+
+def test_fold_is_exact_when_one_tensor_is_every_batchnorm_parameter(onnx_text, tmp_path):
+    """A hand-written model may pass one tensor as scale, bias, mean and variance; folding
+    into it in place would change all four, so the mean must get a tensor of its own."""
+    from tests.conftest import init
+
+    model = onnx_text(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        shared (float[1,3,8,8] x) => (float[1,4,8,8] y)
+        <{init("w", 4, 3, 3, 3)}, {init("b", 4, value=0.25)}, {init("stats", 4, value=1.5)}>
+        {{
+            [conv] c = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w, b)
+            [bn] y = BatchNormalization (c, stats, stats, stats, stats)
+        }}
+    """)
+    original = copy_model(model, tmp_path / "original")
+    _, report = fix_json(model, "--fix", "--select", "PW004")
+    fix = report["files"][0]["fix"]
+    assert [o["code"] for o in fix["applied"]] == ["PW004"], fix["not_applied"]
+    assert codes(lint(model, "--select", "PW004")) == []
+    assert_same_outputs(original, model, seeds=range(3))
