@@ -17,9 +17,14 @@ class TextReporter:
             if file.fix is not None:
                 stream.write(fix_summary(file.fix) + "\n")
         for finding in result.findings:
-            fixable = f" [{finding.fix.applicability} fix]" if finding.fix and not finding.fix.blocked else ""
-            stream.write(f"{finding.path}: {finding.code} ({finding.severity.value}) {finding.message}{fixable}\n")
+            stream.write(finding_line(finding) + "\n")
         stream.write(summary(result) + "\n")
+
+
+def finding_line(finding) -> str:
+    """``path: CODE (severity) message [safe fix]``; the pytest plugin prints the same line."""
+    fixable = f" [{finding.fix.applicability} fix]" if finding.fix and not finding.fix.blocked else ""
+    return f"{finding.path}: {finding.code} ({finding.severity.value}) {finding.message}{fixable}"
 
 
 def _size(size: int | None) -> str:
