@@ -11,24 +11,20 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from pwlint.errors import ConfigError
 from pwlint.findings import Severity
+from pwlint.lazy_model import LazyModel
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 CONFIG_FILES = ("pwlint.toml", "pyproject.toml")
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-class FileSettings(BaseModel):
-    """The keys of ``[tool.pwlint]``."""
-
-    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True)
+class FileSettings(LazyModel):
+    """The keys of ``[tool.pwlint]`` (validated by pydantic only when a file sets some)."""
 
     select: list[str] = ["ALL"]
     ignore: list[str] = []
@@ -84,14 +80,14 @@ def read_config_file(path: Path) -> tuple[FileSettings, bool]:
         section = data.get("tool", {}).get("pwlint")
         table = f"{path}: [tool.pwlint]"
         if section is None:
-            return FileSettings(), False
+            return FileSettings.model_validate({}), False
     else:
         section, table = data, str(path)
     if not isinstance(section, dict):
         raise ConfigError(f"{table} must be a table")
     try:
         return FileSettings.model_validate(section), True
-    except ValidationError as exc:
+    except ValueError as exc:  # pydantic's ValidationError, imported only to validate
         raise ConfigError(describe_validation_error(exc, table)) from None
 
 
@@ -152,7 +148,7 @@ class ConfigResolver:
         return self._cache[config]
 
     def _settings(self, config: Path | None) -> Settings:
-        file_settings = FileSettings()
+        file_settings = FileSettings.model_validate({})
         if config is not None:
             file_settings, _ = read_config_file(config)
         o = self.overrides

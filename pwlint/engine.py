@@ -9,8 +9,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from pydantic import ValidationError
-
 from pwlint.config import ConfigResolver, Settings, describe_validation_error
 from pwlint.errors import ConfigError, PwlintError
 from pwlint.findings import Finding, Severity
@@ -117,7 +115,7 @@ class RuleSet:
                     ) from None
             try:
                 options = rule.options.model_validate(raw)
-            except ValidationError as exc:
+            except ValueError as exc:  # pydantic's ValidationError: pydantic is imported only to validate
                 table = f"{where}: [rules.{rule.code}]"
                 raise ConfigError(describe_validation_error(exc, table, unknown="option")) from None
             if is_enabled(rule, settings.select, settings.ignore):

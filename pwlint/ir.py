@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Iterator
 
-import networkx as nx
-
 #: The normalised layer vocabulary shared by every format.
 KINDS = frozenset(
     {
@@ -71,6 +69,27 @@ def unique_name(name: str, used: set[str], sep: str = "#") -> str:
     return candidate
 
 
+class UniqueNames:
+    """:func:`unique_name` over a whole model: the same names, but a repeated name
+    resumes its numbering where its last search stopped, so a model with thousands of
+    nodes of one name is named in linear time, not quadratic."""
+
+    def __init__(self, sep: str = "#") -> None:
+        self.used: set[str] = set()
+        self.sep = sep
+        self._next: dict[str, int] = {}
+
+    def __call__(self, name: str) -> str:
+        n = self._next.get(name, 1)
+        candidate = name if n == 1 else f"{name}{self.sep}{n}"
+        while candidate in self.used:
+            n += 1
+            candidate = f"{name}{self.sep}{n}"
+        self._next[name] = n
+        self.used.add(candidate)
+        return candidate
+
+
 def spatial_size(shape: Shape | None, layout: str | None) -> int | None:
     """H*W (or the product of all spatial dims) of a feature map, None if unknown."""
     if shape is None or len(shape) < 3:
@@ -96,6 +115,9 @@ class ModelGraph:
     """
 
     def __init__(self, path: str = "", fmt: str = "") -> None:
+        # imported here, not at the top: `pwlint rules` and `--version` need no graph
+        import networkx as nx
+
         self.path = path
         self.format = fmt
         self.graph = nx.DiGraph()
@@ -114,8 +136,8 @@ class ModelGraph:
     def connect(self, producer: str, consumer: str, tensor: str, shape: Shape | None, data: bool = False) -> None:
         """Record that ``consumer`` reads ``tensor`` made by ``producer``; ``data`` marks the
         consumer's first non-constant input, the one walks follow upstream."""
-        if self.graph.has_edge(producer, consumer):
-            edge = self.graph.edges[producer, consumer]
+        edge = self.graph.get_edge_data(producer, consumer)
+        if edge is not None:
             edge["tensors"].append(tensor)
             edge["data"] = edge["data"] or data
         else:
@@ -132,8 +154,7 @@ class ModelGraph:
         return self.graph.nodes[name]["layer"]
 
     def layers(self, kind: str | None = None) -> Iterator[Layer]:
-        for name in self.graph.nodes:
-            layer = self.graph.nodes[name]["layer"]
+        for _, layer in self.graph.nodes(data="layer"):
             if kind is None or layer.kind == kind:
                 yield layer
 
@@ -145,8 +166,8 @@ class ModelGraph:
 
     def data_producer(self, layer: Layer) -> Layer | None:
         """The layer that feeds this layer's first (data) input, if any."""
-        preds = list(self.graph.predecessors(layer.name))
-        for pred in preds:
-            if self.graph.edges[pred, layer.name]["data"]:
+        incoming = self.graph.pred[layer.name]
+        for pred, edge in incoming.items():
+            if edge["data"]:
                 return self.layer(pred)
-        return self.layer(preds[0]) if len(preds) == 1 else None
+        return self.layer(next(iter(incoming))) if len(incoming) == 1 else None

@@ -11,26 +11,21 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from pydantic import BaseModel, ConfigDict
-
 from pwlint.findings import Finding, Severity
 from pwlint.ir import ModelGraph
+from pwlint.lazy_model import LazyModel, option
 
 DOC_SECTIONS = ("What it does", "Why is this bad", "Example", "Use instead")
 CODE_PATTERN = re.compile(r"^[A-Z]{1,6}[0-9]{3,4}$")
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
+class RuleOptions(LazyModel):
+    """Base class of a rule's options, declared as on a pydantic model (``option()`` for
+    a description or constraints); keys are written in kebab-case in config files.
+    Validated by pydantic only when the configuration sets some."""
 
-
-class RuleOptions(BaseModel):
-    """Base class of a rule's options; keys are written in kebab-case in config files."""
-
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=_kebab, populate_by_name=True, frozen=True
-    )
+    model_config = {**LazyModel.model_config, "frozen": True}
 
 
 class NoOptions(RuleOptions):

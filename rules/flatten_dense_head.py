@@ -33,11 +33,9 @@ from __future__ import annotations
 
 from math import prod
 
-from pydantic import Field
-
 from pwlint.findings import Finding, Fix, Severity
 from pwlint.ir import Layer, ModelGraph
-from pwlint.rule import Rule, RuleOptions
+from pwlint.rule import Rule, RuleOptions, option
 from pwlint.units import human, ratio
 from pwlint.walk import is_transparent, sole_consumer, source_of
 
@@ -58,7 +56,7 @@ def _per_feature(layer: Layer) -> bool:
 
 
 class Options(RuleOptions):
-    min_positions: int = Field(
+    min_positions: int = option(
         default=2, ge=1, description="report only flattened maps with at least this many positions (H*W)"
     )
 
@@ -138,6 +136,12 @@ def check(graph: ModelGraph, options: Options):
             count = fan_in // chans
         else:
             count = prod(positions)
+            if not chans:
+                # the channel count is unknown but H and W are not: the fan-in gives it
+                fan_in = dense.attrs.get("in_features")
+                if not isinstance(fan_in, int) or not count or fan_in % count:
+                    continue
+                chans = fan_in // count
         if count < options.min_positions:
             continue
         yield _finding(graph, flat, dense, chans, layout, positions, count)

@@ -31,23 +31,21 @@ from __future__ import annotations
 
 from math import prod
 
-from pydantic import Field
-
 from pwlint.findings import Finding, Fix, Severity
 from pwlint.ir import Layer, ModelGraph, spatial_size
-from pwlint.rule import Rule, RuleOptions
+from pwlint.rule import Rule, RuleOptions, option
 from pwlint.units import human
 
 
 class Options(RuleOptions):
-    max_params: int = Field(
+    max_params: int = option(
         default=4_194_304, ge=0, description="report dense layers with more parameters than this"
     )
-    svd_energy: float = Field(
+    svd_energy: float = option(
         default=0.9, gt=0, le=1,
         description="unsafe fix: keep the smallest rank whose singular values hold this share of the energy",
     )
-    svd_target_params: int | None = Field(
+    svd_target_params: int | None = option(
         default=None, gt=0,
         description="unsafe fix: choose the rank so that the two factors have at most this many parameters",
     )

@@ -7,8 +7,12 @@ from initializer dims, and external data is not touched.
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
+from typing import Iterator
+
 from pwlint.hookspecs import hookimpl
-from pwlint.ir import Layer, ModelGraph, unique_name as _unique
+from pwlint.ir import Layer, ModelGraph, UniqueNames
 from pwlint.loaders.onnx_patterns import (
     NodeIndex,
     decomposed_norm_groups,
@@ -46,7 +50,7 @@ NORM_TYPES = {
     "RMSNormalization": "rms",
 }
 #: BatchNormalization inputs that are running statistics, not trainable values
-NON_TRAINABLE_INPUTS = {"BatchNormalization": {3, 4}}
+NON_TRAINABLE_INPUTS = {"BatchNormalization": frozenset({3, 4})}
 
 
 class _Builder:
@@ -55,76 +59,95 @@ class _Builder:
         self.index = NodeIndex(model)
         self.graph = ModelGraph(path, "onnx")
         self.graph.meta["opset"] = model.opset
-        self.used: set[str] = set()
+        self.unique = UniqueNames()
         self.producer_layer: dict[str, str] = {}
         self.trainable: dict[str, int] = {}
 
     def build(self) -> ModelGraph:
         groups = self._groups()
         for name in self.model.inputs:
-            layer = Layer(_unique(name, self.used), "input", "Input", output_shapes=[self.model.shapes.get(name)], layout="NCHW")
+            layer = Layer(self.unique(name), "input", "Input", output_shapes=[self.model.shapes.get(name)], layout="NCHW")
             self.graph.add_layer(layer)
             self.producer_layer[name] = layer.name
         layers = []
+        all_nodes, producer_layer = self.model.nodes, self.producer_layer
         for kind_hint, group in groups:
-            layer = self._layer(kind_hint, [self.model.nodes[i] for i in group])
+            nodes = [all_nodes[i] for i in group]
+            layer = self._layer(kind_hint, nodes)
             self.graph.add_layer(layer)
             layers.append(layer)
-            for node_index in group:
-                for out in self.model.nodes[node_index].outputs:
+            for node in nodes:
+                for out in node.outputs:
                     if out:
-                        self.producer_layer[out] = layer.name
+                        producer_layer[out] = layer.name
         for layer in layers:
             self._connect(layer)
         for name in self.model.outputs:
-            out = Layer(_unique(name, self.used), "output", "Output", input_shapes=[self.model.shapes.get(name)], layout="NCHW")
+            out = Layer(self.unique(name), "output", "Output", input_shapes=[self.model.shapes.get(name)], layout="NCHW")
             self.graph.add_layer(out)
             if name in self.producer_layer:
                 self.graph.connect(self.producer_layer[name], out.name, name, self.model.shapes.get(name), data=True)
         self.graph.total_params = sum(self.trainable.values())
         return self.graph
 
-    def _groups(self) -> list[tuple[str | None, list[int]]]:
+    def _groups(self) -> Iterator[tuple[str | None, list[int]]]:
+        """Fused groups and single nodes, in the order of each one's first node."""
         taken: set[int] = set()
         fused = [("dense", g) for g in dense_groups(self.index, taken)]
         fused += [("norm", g) for g in decomposed_norm_groups(self.index, taken)]
         fused += [("frozen_norm", g) for g in frozen_batchnorm_groups(self.index, taken)]
-        singles = [(None, [n.index]) for n in self.model.nodes if n.index not in taken]
-        return sorted(fused + singles, key=lambda item: item[1][0])
-
-    def _internal(self, nodes: list[Node]) -> set[str]:
-        return {out for node in nodes for out in node.outputs}
+        fused_at = {group[0]: (hint, group) for hint, group in fused}
+        for node in self.model.nodes:
+            if node.index in fused_at:
+                yield fused_at[node.index]
+            elif node.index not in taken:
+                yield None, [node.index]
 
     def _group_io(self, nodes: list[Node]) -> tuple[list[str], list[str]]:
-        internal = self._internal(nodes)
+        if len(nodes) == 1:
+            internal = nodes[0].outputs
+            inputs = [t for t in nodes[0].inputs if t and t not in internal]
+        else:
+            internal = {out for node in nodes for out in node.outputs}
+            inputs = []
+            for node in nodes:
+                # deduplicated across the group's nodes, not within one (Add(x, x) lists x twice)
+                earlier = set(inputs)
+                inputs += [t for t in node.inputs if t and t not in internal and t not in earlier]
         members = {n.index for n in nodes}
-        inputs, outputs = [], []
-        for node in nodes:
-            inputs += [t for t in node.inputs if t and t not in internal and t not in inputs]
+        consumers, graph_outputs = self.index.consumers, self.index.outputs
+        outputs = []
         for node in nodes:
             for out in node.outputs:
                 if not out:
                     continue
-                users = self.index.consumers.get(out, [])
-                if out in self.model.outputs or any(u.index not in members for u in users) or not users:
+                users = consumers.get(out)
+                if not users or out in graph_outputs:
                     outputs.append(out)
+                else:
+                    for user in users:
+                        if user.index not in members:
+                            outputs.append(out)
+                            break
         return inputs, outputs
 
     def _layer(self, kind_hint: str | None, nodes: list[Node]) -> Layer:
         first = nodes[0]
-        name = _unique(first.display_name, self.used)
+        name = self.unique(first.display_name)
         inputs, outputs = self._group_io(nodes)
-        data_inputs = [t for t in inputs if t not in self.model.constants]
+        constants, shapes = self.model.constants, self.model.shapes
+        data_inputs = [t for t in inputs if t not in constants]
         params, shared = 0, False
-        members = {n.index for n in nodes}
+        members = None  # built for the first weight only: most layers of a large graph have none
         for node in nodes:
-            skip = NON_TRAINABLE_INPUTS.get(node.op, set())
+            skip = NON_TRAINABLE_INPUTS.get(node.op, ())
             for position, tensor in enumerate(node.inputs):
-                const = self.model.constants.get(tensor)
+                const = constants.get(tensor)
                 if const is None or const.dtype not in FLOAT_TYPES or position in skip or len(const.dims) == 0:
                     continue
                 params += const.size
                 self.trainable[tensor] = const.size
+                members = members or {n.index for n in nodes}
                 shared = shared or any(u.index not in members for u in self.index.consumers.get(tensor, []))
         kind, attrs = self._describe(kind_hint, nodes, data_inputs)
         attrs["inputs"] = inputs
@@ -135,12 +158,14 @@ class _Builder:
             attrs["ops"] = [n.op for n in nodes]
         if first.graph_depth:
             attrs["subgraph_depth"] = first.graph_depth
+        single = len(nodes) == 1
         return Layer(
-            name=name, kind=kind, op="+".join(dict.fromkeys(n.op for n in nodes)),
+            name=name, kind=kind, op=first.op if single else "+".join(dict.fromkeys(n.op for n in nodes)),
             attrs=attrs, params=params,
-            input_shapes=[self.model.shapes.get(t) for t in data_inputs],
-            output_shapes=[self.model.shapes.get(t) for t in outputs],
-            layout="NCHW", members=(name, *(n.display_name for n in nodes[1:])), source=nodes,
+            input_shapes=[shapes.get(t) for t in data_inputs],
+            output_shapes=[shapes.get(t) for t in outputs],
+            layout="NCHW", members=(name,) if single else (name, *(n.display_name for n in nodes[1:])),
+            source=nodes,
         )
 
     def _describe(self, kind_hint: str | None, nodes: list[Node], data_inputs: list[str]) -> tuple[str, dict]:
@@ -225,12 +250,16 @@ class _Builder:
 
     def _connect(self, layer: Layer) -> None:
         inputs = layer.attrs["inputs"]
-        data_tensor = next((t for t in inputs if t not in self.model.constants), None)
+        constants, shapes, producer_layer = self.model.constants, self.model.shapes, self.producer_layer
+        data_tensor = None
         for tensor in inputs:
-            producer = self.producer_layer.get(tensor)
+            if tensor not in constants:
+                data_tensor = tensor
+                break
+        for tensor in inputs:
+            producer = producer_layer.get(tensor)
             if producer is not None:
-                shape = self.model.shapes.get(tensor)
-                self.graph.connect(producer, layer.name, tensor, shape, data=tensor == data_tensor)
+                self.graph.connect(producer, layer.name, tensor, shapes.get(tensor), data=tensor == data_tensor)
 
 
 def _is_layout_perm(perm) -> bool:
@@ -244,13 +273,33 @@ def _is_layout_perm(perm) -> bool:
     return to_last or to_first
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Reading a model allocates a few objects per node that all live on; the cyclic
+    collector would scan the growing heap again and again and find nothing to free
+    (a third of the load time of a 100k-node model)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            # file what was built with the oldest objects (freeze, then unfreeze into the
+            # oldest generation), or the next young collection scans all of it at once
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
+
+
 def load(path: str) -> ModelGraph:
-    return _Builder(read_onnx(path), path).build()
+    with _collector_paused():
+        return _Builder(read_onnx(path), path).build()
 
 
 def load_proto(model, path: str = "") -> ModelGraph:
     """The graph of an in-memory ModelProto (used to lint a model again after fixing it)."""
-    return _Builder(describe_model(model), path).build()
+    with _collector_paused():
+        return _Builder(describe_model(model), path).build()
 
 
 class OnnxLoader:

@@ -21,15 +21,22 @@ class NodeIndex:
 
     def __init__(self, model: OnnxModel) -> None:
         self.model = model
+        #: the graph outputs, for membership tests (the model keeps them in order)
+        self.outputs = frozenset(model.outputs)
         self.producer: dict[str, Node] = {}
         self.consumers: dict[str, list[Node]] = {}
+        producer, consumers = self.producer, self.consumers
         for node in model.nodes:
             for out in node.outputs:
                 if out:
-                    self.producer[out] = node
+                    producer[out] = node
             for inp in node.inputs:
                 if inp:
-                    self.consumers.setdefault(inp, []).append(node)
+                    users = consumers.get(inp)
+                    if users is None:
+                        consumers[inp] = [node]
+                    else:
+                        users.append(node)
 
     def is_weight(self, tensor: str) -> bool:
         const = self.model.constants.get(tensor)
@@ -37,7 +44,7 @@ class NodeIndex:
 
     def sole_consumer(self, tensor: str) -> Node | None:
         users = self.consumers.get(tensor, [])
-        if len(users) == 1 and tensor not in self.model.outputs:
+        if len(users) == 1 and tensor not in self.outputs:
             return users[0]
         return None
 

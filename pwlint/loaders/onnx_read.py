@@ -8,6 +8,7 @@ recursion. :mod:`pwlint.loaders.onnx_loader` turns the result into layers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from math import prod
 
 from pwlint.errors import LoadError
@@ -19,7 +20,7 @@ FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 SMALL_TENSOR = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     index: int
     name: str
@@ -39,7 +40,7 @@ class Node:
         return self.name or f"{self.op}_{self.position}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Tensor:
     """A constant tensor (initializer or Constant node): its dims, type and, if small, values."""
 
@@ -119,15 +120,18 @@ def _shapes_only_copy(model):
 
 
 def _shape_of(type_proto) -> tuple | None:
-    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+    if not type_proto.HasField("tensor_type"):
         return None
-    return tuple(
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-        for d in type_proto.tensor_type.shape.dim
-    )
+    tensor_type = type_proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    # an unset dim_value (a symbolic dim_param, or nothing) reads as 0: unknown
+    return tuple(value if (value := d.dim_value) > 0 else None for d in tensor_type.shape.dim)
 
 
 def _attributes(node) -> dict:
+    if not node.attribute:  # most nodes of a large graph: skip the import look-up too
+        return {}
     from onnx import AttributeProto, helper
 
     attrs = {}
@@ -178,12 +182,17 @@ def describe_model(model) -> OnnxModel:
 
     # Pass 2: shapes from every graph of the inferred model.
     pending = [inferred.graph]
+    has_subgraphs = len(all_graphs) > 1  # inference adds none: no need to look again
+    shapes = result.shapes
     while pending:
         graph = pending.pop()
-        for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        for value in chain(graph.input, graph.output, graph.value_info):
             shape = _shape_of(value.type)
-            if shape is not None or value.name not in result.shapes:
-                result.shapes[value.name] = shape
+            name = value.name
+            if shape is not None or name not in shapes:
+                shapes[name] = shape
+        if not has_subgraphs:
+            continue
         for node in graph.node:
             for attr in node.attribute:
                 if attr.type == AttributeProto.GRAPH:
@@ -197,15 +206,17 @@ def describe_model(model) -> OnnxModel:
     initializer_names = set(result.constants)
     result.inputs = [i.name for i in model.graph.input if i.name not in initializer_names]
     result.outputs = [o.name for o in model.graph.output]
+    nodes = result.nodes
     for graph, depth in sorted(all_graphs, key=lambda item: item[1]):
         for position, node in enumerate(graph.node):
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            op, domain = node.op_type, node.domain
+            if op == "Constant" and domain in ("", "ai.onnx"):
                 _record_constant(node, result)
                 continue
-            result.nodes.append(
+            nodes.append(
                 Node(
-                    index=len(result.nodes), name=node.name, op=node.op_type,
-                    domain=node.domain, inputs=list(node.input), outputs=list(node.output),
+                    index=len(nodes), name=node.name, op=op,
+                    domain=domain, inputs=list(node.input), outputs=list(node.output),
                     attrs=_attributes(node), proto=node, graph_depth=depth, position=position,
                 )
             )
