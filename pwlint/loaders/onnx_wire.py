@@ -21,9 +21,25 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from pwlint.errors import LoadError
+from pwlint.loaders.onnx_guard import (
+    MAX_ATTRIBUTE_VALUES,
+    MAX_NODES,
+    MAX_SUBGRAPH_DEPTH,
+    check_model,
+    subgraphs_too_deep,
+)
+
 GRAPH_FIELD = 7  # ModelProto.graph
 INITIALIZER_FIELD = 5  # GraphProto.initializer
 RAW_DATA_FIELD = 9  # TensorProto.raw_data
+NODE_FIELD = 1  # GraphProto.node
+ATTRIBUTE_FIELD = 5  # NodeProto.attribute
+ATTRIBUTE_GRAPH_FIELD, ATTRIBUTE_GRAPHS_FIELD = 6, 11  # AttributeProto.g, .graphs
+ATTRIBUTE_FLOATS_FIELD, ATTRIBUTE_INTS_FIELD, ATTRIBUTE_STRINGS_FIELD = 7, 8, 9  # AttributeProto.floats, ints, strings
+#: nodes larger than this (bytes) have their list attributes counted before parsing;
+#: real nodes are far smaller, unless they hold a tensor
+LARGE_NODE = 2**20
 #: tensors at least this large (bytes of raw_data) are referenced, not copied
 LARGE_PAYLOAD = 1024
 CHUNK = 16 * 2**20
@@ -96,7 +112,12 @@ def _stub_tensor(buf, start: int, end: int, location: str) -> onnx.TensorProto |
 
 def read_model(path: str | Path) -> onnx.ModelProto:
     """The model at ``path`` with large main-graph initializers left in the file as
-    external-data references into the file itself. Raises WireError on malformed input."""
+    external-data references into the file itself. Raises WireError on malformed input,
+    and LoadError (naming ``path``) for a model :mod:`~pwlint.loaders.onnx_guard` refuses:
+    every reader of a model file goes through here, so none can skip those checks."""
+    from google.protobuf.message import DecodeError
+
+    shown_path = path
     path = Path(path)
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         size = len(buf)
@@ -108,6 +129,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             else:
                 top += buf[field_start:value_end]
         model = onnx.ModelProto.FromString(bytes(top))
+        nodes = values = 0
         for start, end in graphs:
             rest = bytearray()
             stubs = []
@@ -115,14 +137,89 @@ def read_model(path: str | Path) -> onnx.ModelProto:
                 stub = None
                 if number == INITIALIZER_FIELD and wire == 2:
                     stub = _stub_tensor(buf, value_start, value_end, path.name)
+                elif number == NODE_FIELD:
+                    nodes += 1
+                    if value_end - value_start > LARGE_NODE:
+                        values += list_attribute_values(buf, value_start, value_end, MAX_ATTRIBUTE_VALUES - values)
+                        if values > MAX_ATTRIBUTE_VALUES:
+                            raise LoadError(
+                                f"{shown_path}: more than {MAX_ATTRIBUTE_VALUES} attribute values; "
+                                f"pwlint reads models of at most {MAX_ATTRIBUTE_VALUES}"
+                            )
                 if stub is None:
                     rest += buf[field_start:value_end]
                 else:
                     stubs.append(stub)
-            graph = onnx.GraphProto.FromString(bytes(rest))
-            graph.initializer.extend(stubs)
-            model.graph.MergeFrom(graph)
+            if nodes > MAX_NODES:  # before protobuf turns each one into an object
+                raise LoadError(f"{shown_path}: more than {MAX_NODES} nodes; pwlint reads models of at most {MAX_NODES}")
+            try:
+                # parsed in place: a parsed copy merged in would hold the graph twice
+                model.graph.MergeFromString(bytes(rest))
+            except DecodeError:
+                depth = subgraph_depth(buf, start, end, MAX_SUBGRAPH_DEPTH)
+                if depth > MAX_SUBGRAPH_DEPTH:
+                    raise LoadError(f"{shown_path}: {subgraphs_too_deep()}") from None
+                raise
+            model.graph.initializer.extend(stubs)
+    check_model(model, shown_path)
     return model
+
+
+def subgraph_depth(buf, start: int, end: int, limit: int) -> int:
+    """How deep If/Loop/Scan bodies nest in the GraphProto at ``buf[start:end]``, read
+    from the wire format (protobuf's own parser gives up past ~33 levels without saying
+    why). Stops counting past ``limit``; 0 if the bytes are malformed."""
+    pending = [(start, end, 0)]
+    deepest = 0
+    try:
+        while pending:
+            graph_start, graph_end, depth = pending.pop()
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            for node in _submessages(buf, graph_start, graph_end, NODE_FIELD):
+                for attribute in _submessages(buf, *node, ATTRIBUTE_FIELD):
+                    for number, wire, value_start, value_end, _ in fields(buf, *attribute):
+                        if number in (ATTRIBUTE_GRAPH_FIELD, ATTRIBUTE_GRAPHS_FIELD) and wire == 2:
+                            pending.append((value_start, value_end, depth + 1))
+    except WireError:
+        return 0
+    return deepest
+
+
+def list_attribute_values(buf, start: int, end: int, limit: int) -> int:
+    """Values in the list attributes (ints, floats, strings) of the NodeProto at
+    ``buf[start:end]`` and of the large nodes of its subgraphs, counted in the wire
+    format: protobuf spends 8 bytes and more on a value the file packs into one, so
+    a few MB of them must be refused before parsing. Stops counting past ``limit``."""
+    counted = 0
+    pending = [(start, end)]
+    while pending and counted <= limit:
+        node = pending.pop()
+        for attribute in _submessages(buf, *node, ATTRIBUTE_FIELD):
+            for number, wire, value_start, value_end, _ in fields(buf, *attribute):
+                if number == ATTRIBUTE_INTS_FIELD and wire == 2:  # packed varints: one ends in each byte < 0x80
+                    counted += value_end - value_start - len(bytes(buf[value_start:value_end]).translate(None, _LOW_BYTES))
+                elif number == ATTRIBUTE_FLOATS_FIELD and wire == 2:
+                    counted += (value_end - value_start) // 4
+                elif number in (ATTRIBUTE_INTS_FIELD, ATTRIBUTE_FLOATS_FIELD, ATTRIBUTE_STRINGS_FIELD):
+                    counted += 1
+                elif number in (ATTRIBUTE_GRAPH_FIELD, ATTRIBUTE_GRAPHS_FIELD) and wire == 2:
+                    pending.extend(
+                        sub for sub in _submessages(buf, value_start, value_end, NODE_FIELD) if sub[1] - sub[0] > LARGE_NODE
+                    )
+                if counted > limit:
+                    break
+    return counted
+
+
+_LOW_BYTES = bytes(range(128))
+
+
+def _submessages(buf, start: int, end: int, number: int):
+    for field_number, wire, value_start, value_end, _ in fields(buf, start, end):
+        if field_number == number and wire == 2:
+            yield value_start, value_end
 
 
 def external_info(tensor: onnx.TensorProto) -> dict[str, str]:

@@ -1,0 +1,382 @@
+"""Refusing ONNX models that are unsafe or meaningless to walk, before anything walks them.
+
+pwlint runs as a CI gate on files from untrusted pull requests, so a model file
+is hostile until checked. After the protobuf is parsed and before shape
+inference or the loader sees it, :func:`check_model` makes sure that
+
+- external data stays inside the model's folder (no ``..``, no absolute path,
+  no symlink out), even though linting never reads the payload: the fix
+  backend does, and a gate that passes such a file has already let it through;
+- declared sizes are ones a real model could have: nodes, node inputs and
+  outputs, list-attribute values, tensor ranks, dimensions and element counts,
+  and inline data that matches its dims;
+- every name is text (protobuf returns a name that is not UTF-8 as bytes);
+- every graph is a graph: no node reads its own output, no cycle, no input
+  that nothing produces (ONNX and onnxruntime refuse such models, so pwlint
+  must not call them clean);
+- subgraphs are not nested deeper than :data:`MAX_SUBGRAPH_DEPTH`;
+- nodes of the ONNX domain have an opset to be read against, as many inputs
+  as their operator needs and attributes of the types it declares.
+
+Every walk here is iterative and linear in the size of the model. Each problem
+is a :class:`~pwlint.errors.LoadError` naming the file and the first offence.
+:func:`pwlint.loaders.onnx_wire.read_model` calls it, so every reader of a file
+(linting and fixing alike) gets a checked model; what must be refused before
+protobuf parses (nesting, node and attribute counts) is checked there too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from math import prod
+from pathlib import Path
+
+from pwlint.errors import LoadError
+from pwlint.loaders.files import MAX_DIM, MAX_ELEMENTS, MAX_RANK  # the limits of every format
+
+#: nodes in all graphs together; the largest real graphs (unrolled LLMs) have a few 100k
+MAX_NODES = 2_000_000
+#: node inputs and outputs, and values in list attributes (``ints``, ``floats``,
+#: ``strings``), in all graphs together: each becomes a Python object of some 60
+#: bytes where the file spends one or two, so these bound memory, not the file size
+MAX_CONNECTIONS = 8_000_000
+MAX_ATTRIBUTE_VALUES = 4_000_000
+#: If/Loop/Scan bodies inside bodies; protobuf's parser stops near 33, real models at 3 or 4
+MAX_SUBGRAPH_DEPTH = 30
+
+#: bytes per element of the fixed-size types (TensorProto.DataType)
+ITEM_SIZE = {
+    1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2,
+    17: 1, 18: 1, 19: 1, 20: 1, 24: 1,
+}
+#: the typed field that holds each type's values when there is no raw_data, and how
+#: many entries one element takes (complex numbers are pairs)
+TYPED_FIELD = {
+    1: ("float_data", 1), 14: ("float_data", 2), 11: ("double_data", 1), 15: ("double_data", 2),
+    7: ("int64_data", 1), 12: ("uint64_data", 1), 13: ("uint64_data", 1), 8: ("string_data", 1),
+    **{t: ("int32_data", 1) for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 24)},
+}
+EXTERNAL = 1  # TensorProto.EXTERNAL
+
+
+def shown(name: str, limit: int = 80) -> str:
+    """A name from the file, safe to put in a one-line message: control characters
+    escaped, long names cut."""
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: f"\\x{ord(m.group()):02x}", name)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def node_label(node, position: int) -> str:
+    """The name pwlint reports a node by (see onnx_read.Node.display_name)."""
+    return shown(node.name or f"{node.op_type}_{position}")
+
+
+def subgraphs_too_deep() -> str:
+    return f"If/Loop/Scan subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} levels deep; pwlint reads at most {MAX_SUBGRAPH_DEPTH}"
+
+
+def check_model(model, path: str | Path) -> None:
+    """Raise LoadError if ``model`` (read from ``path``) must not be linted or fixed."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    operators = _Operators(model)
+    budget = _Budget(path)
+    # each graph comes with the names its enclosing graphs make visible to it
+    pending = [(model.graph, (), 0)]
+    while pending:
+        graph, outer, depth = pending.pop()
+        if depth > MAX_SUBGRAPH_DEPTH:
+            raise LoadError(f"{path}: {subgraphs_too_deep()}")
+        budget.spend("nodes", len(graph.node), MAX_NODES)
+        for subgraph, scope in _check_graph(graph, outer, path, folder, operators, budget):
+            pending.append((subgraph, scope, depth + 1))
+
+
+class _Budget:
+    """Running totals over all graphs, each refused past its limit."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.spent: dict[str, int] = {}
+
+    def spend(self, what: str, amount: int, limit: int) -> None:
+        total = self.spent[what] = self.spent.get(what, 0) + amount
+        if total > limit:
+            raise LoadError(f"{self.path}: more than {limit} {what}; pwlint reads models of at most {limit}")
+
+
+class _Operators:
+    """What the ONNX operator schemas say about the nodes of one model: how many
+    inputs an operator needs and the type of each attribute, so that the loader
+    never meets a Conv without a weight or ``strides`` given as a tensor."""
+
+    def __init__(self, model) -> None:
+        self.opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+        # files before IR version 3 have no opset_import: they mean opset 1
+        self.onnx_opset = self.opsets.get("", 1 if model.ir_version < 3 else None)
+        self.cache: dict[tuple[str, str], tuple[int, dict[str, int]] | None] = {}
+
+    def check(self, node, position: int, op_type: str, domain: str, inputs: int, attributes, path) -> None:
+        signature = self.cache.get((domain, op_type), _UNSEEN)
+        if signature is _UNSEEN:
+            signature = self.cache[domain, op_type] = self._signature(node, position, op_type, domain, path)
+        if signature is None:
+            return  # an operator of a domain onnx does not know (com.microsoft, custom)
+        least, attribute_types = signature
+        if inputs < least:
+            raise LoadError(
+                f"{path}: node '{node_label(node, position)}' ({shown(op_type)}) has {inputs} "
+                f"input{'s' if inputs != 1 else ''}; the operator takes at least {least}"
+            )
+        for attr in attributes:
+            wanted = attribute_types.get(attr.name)
+            if wanted is not None and attr.type != wanted and not attr.ref_attr_name:
+                raise LoadError(
+                    f"{path}: attribute '{shown(attr.name)}' of node '{node_label(node, position)}' "
+                    f"({shown(op_type)}) is {_type_name(attr.type)}, not {_type_name(wanted)}"
+                )
+
+    def _signature(self, node, position: int, op_type: str, domain: str, path):
+        from onnx import defs
+
+        if domain == "ai.onnx":
+            domain = ""
+        if domain == "" and self.onnx_opset is None:
+            raise LoadError(
+                f"{path}: no opset is imported for the ONNX domain, which node "
+                f"'{node_label(node, position)}' ({shown(op_type)}) uses"
+            )
+        version = self.onnx_opset if domain == "" else self.opsets.get(domain)
+        if version is None:
+            return None
+        try:
+            schema = defs.get_schema(op_type, version, domain)
+        except defs.SchemaError:
+            return None
+        return schema.min_input, {name: int(a.type.value) for name, a in schema.attributes.items()}
+
+
+_UNSEEN = object()
+
+
+def _type_name(attribute_type: int) -> str:
+    from onnx import AttributeProto
+
+    try:
+        return AttributeProto.AttributeType.Name(attribute_type)
+    except ValueError:
+        return f"type {attribute_type}"
+
+
+def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, budget: _Budget) -> list:
+    """Check one graph; return its subgraphs, each with the scope it sees.
+
+    Nodes are read once: touching a protobuf field from Python costs microseconds,
+    and a graph may have hundreds of thousands of nodes."""
+    producer: dict[str, int] = {}
+    inputs_of = []
+    connections = 0
+    subgraphs = []
+    tensors = list(graph.initializer)
+    for sparse in graph.sparse_initializer:
+        tensors += (sparse.values, sparse.indices)
+    for position, node in enumerate(graph.node):
+        op_type, domain = node.op_type, node.domain
+        if type(node.name) is not str or type(op_type) is not str or type(domain) is not str:
+            raise LoadError(f"{path}: the name, type or domain of node {position} of its graph is not valid UTF-8 text")
+        if not op_type:
+            which = f"'{shown(node.name)}'" if node.name else f"{position} of its graph"
+            raise LoadError(f"{path}: node {which} has no operator type")
+        outputs, inputs, attributes = node.output, node.input, node.attribute
+        for out in outputs:
+            if out:
+                producer[_text(out, path)] = position
+        inputs_of.append(inputs)
+        connections += len(inputs) + len(outputs)
+        if attributes:
+            _collect_attributes(attributes, subgraphs, tensors, budget, path)
+        operators.check(node, position, op_type, domain, len(inputs), attributes, path)
+    budget.spend("node inputs and outputs", connections, MAX_CONNECTIONS)
+    for tensor in tensors:
+        _check_tensor(tensor, path, folder)
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        _check_value_shape(value, path)
+    available = {value.name for value in graph.input}
+    available.update(tensor.name for tensor in graph.initializer)
+    available.update(sparse.values.name for sparse in graph.sparse_initializer)
+    for name in available:
+        _text(name, path)
+    _check_wiring(graph.node, inputs_of, producer, available, outer, path)
+    scope = (*outer, available, producer)
+    return [(subgraph, scope) for subgraph in subgraphs]
+
+
+def _collect_attributes(attributes, subgraphs: list, tensors: list, budget: _Budget, path) -> None:
+    """The subgraphs and tensors a node's attributes hold; list values counted."""
+    for attr in attributes:
+        _text(attr.name, path)
+        budget.spend("attribute values", len(attr.ints) + len(attr.floats) + len(attr.strings), MAX_ATTRIBUTE_VALUES)
+        if attr.HasField("g"):
+            subgraphs.append(attr.g)
+        subgraphs += attr.graphs
+        if attr.HasField("t"):
+            tensors.append(attr.t)
+        tensors += attr.tensors
+        for sparse in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors):
+            tensors += (sparse.values, sparse.indices)
+
+
+def _text(value, path) -> str:
+    """A string field of the file. protobuf hands back bytes for one that is not
+    valid UTF-8, which no reader downstream expects."""
+    if type(value) is not str:
+        raise LoadError(f"{path}: a name in the model ({shown(value.decode('utf-8', 'replace'))}) is not valid UTF-8 text")
+    return value
+
+
+def _check_tensor(tensor, path, folder: str) -> None:
+    name = shown(_text(tensor.name, path))
+    dims = list(tensor.dims)
+    if len(dims) > MAX_RANK:
+        raise LoadError(f"{path}: tensor '{name}' declares {len(dims)} dimensions; pwlint reads at most {MAX_RANK}")
+    if any(d < 0 for d in dims):
+        raise LoadError(f"{path}: tensor '{name}' declares a negative dimension {dims}")
+    if any(d > MAX_DIM for d in dims) or prod(dims) > MAX_ELEMENTS:
+        raise LoadError(f"{path}: tensor '{name}' declares {prod(dims)} elements {dims}; pwlint reads at most {MAX_ELEMENTS}")
+    if tensor.data_location == EXTERNAL:
+        _check_external(tensor, name, prod(dims), path, folder)
+    else:
+        _check_inline_size(tensor, name, prod(dims), path)
+
+
+def _check_inline_size(tensor, name: str, count: int, path) -> None:
+    """Inline values must be as many as the dims say: a few bytes declared as a huge
+    tensor is a corrupt (or hostile) file. Tensors without values (weights left out
+    on purpose) and sub-byte types are not checked."""
+    size = ITEM_SIZE.get(tensor.data_type)
+    if tensor.HasField("raw_data"):
+        held = len(tensor.raw_data)
+        if size is not None and held != count * size:
+            raise LoadError(f"{path}: tensor '{name}' declares {count} elements ({count * size} bytes) but holds {held} bytes")
+        return
+    field, per_element = TYPED_FIELD.get(tensor.data_type, (None, 1))
+    if field is None:
+        return
+    held = len(getattr(tensor, field))
+    if held and held != count * per_element:
+        raise LoadError(f"{path}: tensor '{name}' declares {count} elements but holds {held // per_element}")
+
+
+def _check_external(tensor, name: str, count: int, path, folder: str) -> None:
+    info = {_text(entry.key, path): _text(entry.value, path) for entry in tensor.external_data}
+    target = _external_file(info.get("location", ""), name, path, folder)
+    for key in ("offset", "length"):
+        if key in info and not info[key].isdecimal():
+            raise LoadError(f"{path}: external data of tensor '{name}' has {key} '{shown(info[key])}', not a byte count")
+    size = ITEM_SIZE.get(tensor.data_type)
+    needed = count * size if size is not None else 0
+    offset = int(info.get("offset", 0))
+    length = int(info.get("length", needed))
+    if length < needed:
+        raise LoadError(f"{path}: tensor '{name}' declares {count} elements ({needed} bytes) but its external data holds {length} bytes")
+    # the fix backend reads these bytes: a declared length past the end of the file
+    # would have it allocate for data that is not there
+    if os.path.isfile(target) and offset + length > os.path.getsize(target):
+        raise LoadError(
+            f"{path}: external data of tensor '{name}' runs past the end of "
+            f"'{shown(info['location'])}' ({offset + length} > {os.path.getsize(target)} bytes)"
+        )
+
+
+def _external_file(location: str, name: str, path, folder: str) -> str:
+    """The real path of an external data file, which must lie inside the model's folder."""
+    where = shown(location)
+    if not location or "\0" in location:
+        raise LoadError(f"{path}: external data of tensor '{name}' names no file")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
+        raise LoadError(f"{path}: external data of tensor '{name}' is at an absolute path '{where}'; it must be a file in the model's folder")
+    if ".." in re.split(r"[\\/]", location):
+        raise LoadError(f"{path}: external data of tensor '{name}' at '{where}' is outside the model's folder")
+    target = os.path.realpath(os.path.join(folder, location))
+    if os.path.commonpath([folder, target]) != folder:  # a symlink out of the folder
+        raise LoadError(f"{path}: external data of tensor '{name}' at '{where}' is outside the model's folder")
+    return target
+
+
+def _check_value_shape(value, path) -> None:
+    name = shown(_text(value.name, path))
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) > MAX_RANK:
+        raise LoadError(f"{path}: '{name}' declares {len(dims)} dimensions; pwlint reads at most {MAX_RANK}")
+    for dim in dims:
+        if dim.dim_value > MAX_DIM:
+            raise LoadError(f"{path}: '{name}' declares a dimension of {dim.dim_value}; pwlint reads at most {MAX_DIM}")
+
+
+def _check_wiring(nodes, inputs_of: list, producer: dict[str, int], available: set[str], outer: tuple, path) -> None:
+    """Every node input is made by something visible, and the nodes form no cycle.
+    Nodes need not be in order (onnxruntime sorts them); they need to be sortable."""
+    in_order = True
+    for position, inputs in enumerate(inputs_of):
+        for inp in inputs:
+            if not inp:
+                continue  # an optional input left out
+            source = producer.get(inp)
+            if source is None:
+                if inp not in available and not any(inp in names for names in outer):
+                    _text(inp, path)  # bytes match no name: every name that could was checked
+                    raise LoadError(
+                        f"{path}: node '{node_label(nodes[position], position)}' reads '{shown(inp)}', "
+                        "which no node, graph input or initializer produces"
+                    )
+            elif source >= position:
+                if source == position:
+                    raise LoadError(f"{path}: node '{node_label(nodes[position], position)}' reads its own output '{shown(inp)}'")
+                in_order = False
+    if not in_order:  # exporters write nodes in order; only a graph that is not needs sorting
+        _check_sortable(nodes, inputs_of, producer, path)
+
+
+def _check_sortable(nodes, inputs_of: list, producer: dict[str, int], path) -> None:
+    """Kahn's topological sort; the nodes it cannot reach lie on or after a cycle."""
+    waiting: list[list[int]] = [[] for _ in inputs_of]  # waiting[p]: nodes reading an output of p
+    unmet = [0] * len(inputs_of)
+    for position, inputs in enumerate(inputs_of):
+        for inp in inputs:
+            source = producer.get(inp) if inp else None
+            if source is not None:
+                waiting[source].append(position)
+                unmet[position] += 1
+    ready = [p for p, count in enumerate(unmet) if count == 0]
+    done = 0
+    while ready:
+        position = ready.pop()
+        done += 1
+        for consumer in waiting[position]:
+            unmet[consumer] -= 1
+            if unmet[consumer] == 0:
+                ready.append(consumer)
+    if done < len(inputs_of):
+        raise LoadError(f"{path}: nodes form a cycle: {_describe_cycle(nodes, producer, unmet)}")
+
+
+def _describe_cycle(nodes, producer: dict[str, int], unmet: list[int]) -> str:
+    """``a -> b -> a`` for one cycle among the nodes left unsorted. Each of them reads
+    an output of another one left, so walking back from any of them must repeat."""
+    start = next(p for p, count in enumerate(unmet) if count)
+    order: list[int] = []
+    seen: dict[int, int] = {}
+    current = start
+    while current not in seen:
+        seen[current] = len(order)
+        order.append(current)
+        current = next(
+            producer[inp] for inp in nodes[current].input if inp in producer and unmet[producer[inp]]
+        )
+    loop = order[seen[current]:][::-1]  # walked backwards: reverse to the data's direction
+    names = [node_label(nodes[p], p) for p in loop]
+    if len(names) > 6:
+        names = names[:3] + [f"... ({len(names) - 5} more)"] + names[-2:]
+    return " -> ".join(names + [names[0]])
