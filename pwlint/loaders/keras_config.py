@@ -177,8 +177,8 @@ def _record_shapes(node: Any, recorded: dict) -> None:
     if not isinstance(node, dict):
         return
     for ref, shape in _keras_tensors([node.get("args"), node.get("kwargs")]):
-        if isinstance(shape, list) and all(d is None or isinstance(d, int) for d in shape):
-            recorded.setdefault(ref, tuple(shape))
+        if isinstance(shape, list) and as_shape(shape) is not None:
+            recorded.setdefault(ref, as_shape(shape))
 
 
 def as_shape(value: Any):

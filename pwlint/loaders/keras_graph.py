@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
-from itertools import zip_longest
 
 from pwlint.errors import LoadError
-from pwlint.ir import Layer, ModelGraph, unique_name
+from pwlint.ir import Layer, ModelGraph, UniqueNames
 from pwlint.loaders.keras_config import LayerSpec, ModelSpec, as_shape, input_layer_shape
 from pwlint.loaders.keras_layers import activation_name, config_params, describe, is_trainable
 from pwlint.loaders.keras_read import KerasFile
@@ -41,12 +41,9 @@ class GraphBuilder:
         self.weights = weights
         self.graph = ModelGraph(model.path, "keras")
         self.graph.meta.update(container=model.container, keras_version=model.metadata.get("keras_version"))
-        self.used: set[str] = set()
+        self._unique = UniqueNames()
         self.created: dict[tuple, tuple[str, str]] = {}  # layer path -> (layer, last layer of it)
         self.unknown: list[str] = []
-
-    def _unique(self, name: str) -> str:
-        return unique_name(name, self.used)
 
     def build(self) -> ModelGraph:
         if self.spec is None:
@@ -95,7 +92,7 @@ class GraphBuilder:
         for position, layer in enumerate(layers):
             following = layers[position + 1] if position + 1 < len(layers) else None
             recorded = as_shape(following.build_input_shape) if following is not None and following.model is None else None
-            current = self._call(layer, prefix, current, 0, [recorded])
+            current = list(self._call(layer, prefix, current, 0, {0: recorded}).values())
         return current
 
     def _functional(self, spec: ModelSpec, prefix: tuple, inputs: list[Tensor] | None) -> list[Tensor]:
@@ -110,43 +107,40 @@ class GraphBuilder:
         for layer in spec.layers:  # inputs the model does not list
             if layer.class_name == "InputLayer" and (layer.name, 0, 0) not in tensors:
                 tensors[(layer.name, 0, 0)] = self._input(prefix, layer.name, input_layer_shape(layer.config), layer)
-        outputs_per_call: dict[tuple, int] = {}
+        # only the outputs something reads are made: a config may name output 9999 of every call
+        wanted: dict[tuple, set[int]] = {}
         for ref in [r for layer in spec.layers for call in layer.calls for r in call.inputs] + spec.outputs:
-            key = (ref[0], ref[1])
-            outputs_per_call[key] = max(outputs_per_call.get(key, 1), ref[2] + 1)
-        pending = [(layer, k) for layer in spec.layers if layer.class_name != "InputLayer" for k in range(len(layer.calls))]
-        while pending:
-            waiting = []
-            for layer, k in pending:
-                refs = layer.calls[k].inputs
-                if not all(ref in tensors for ref in refs):
-                    waiting.append((layer, k))
-                    continue
-                count = outputs_per_call.get((layer.name, k), 1)
-                recorded = [spec.recorded.get((layer.name, k, i)) for i in range(count)]
-                for i, tensor in enumerate(self._call(layer, prefix, [tensors[r] for r in refs], k, recorded)):
-                    tensors[(layer.name, k, i)] = tensor
-            if len(waiting) == len(pending):
-                layer, k = waiting[0]
+            wanted.setdefault((ref[0], ref[1]), {0}).add(ref[2])
+        calls = [(layer, k) for layer in spec.layers if layer.class_name != "InputLayer" for k in range(len(layer.calls))]
+        makes = [(layer.name, k) for layer, k in calls]
+        for index in _schedule(makes, [layer.calls[k].inputs for layer, k in calls], tensors):
+            if index < 0:
+                layer, k = calls[-index - 1]
                 missing = next(r for r in layer.calls[k].inputs if r not in tensors)
                 raise LoadError(
                     f"{self.path}: model '{spec.name}': layer '{layer.name}' reads '{missing[0]}', "
                     "which is never computed (a cycle or a missing call)"
                 )
-            pending = waiting
+            layer, k = calls[index]
+            refs = layer.calls[k].inputs
+            recorded = {i: spec.recorded.get((layer.name, k, i)) for i in sorted(wanted.get((layer.name, k), {0}))}
+            for i, tensor in self._call(layer, prefix, [tensors[r] for r in refs], k, recorded).items():
+                tensors[(layer.name, k, i)] = tensor
         missing = [ref for ref in spec.outputs if ref not in tensors]
         if missing:
             raise LoadError(f"{self.path}: model '{spec.name}': output '{missing[0][0]}' is never computed")
         return [tensors[ref] for ref in spec.outputs]
 
     # layers --------------------------------------------------------------------------
-    def _call(self, layer: LayerSpec, prefix: tuple, inputs: list[Tensor], k: int, recorded: list) -> list[Tensor]:
+    def _call(self, layer: LayerSpec, prefix: tuple, inputs: list[Tensor], k: int, recorded: dict) -> dict[int, Tensor]:
+        """Call ``k`` of ``layer`` on ``inputs``: its output tensors by index. ``recorded``
+        holds the output indices wanted, with the shapes Keras recorded for them (or None)."""
         if layer.model is not None:
             outs = self._expand(layer.model, prefix + (layer.name,), inputs)
-            return [
-                Tensor(t.producer, t.name, t.shape if t.shape is not None else shape)
-                for t, shape in zip_longest(outs, recorded[: len(outs)])
-            ]
+            return {
+                i: Tensor(t.producer, t.name, t.shape if t.shape is not None else recorded.get(i))
+                for i, t in enumerate(outs)
+            }
         path = prefix + (layer.name,)
         in_shapes = [t.shape for t in inputs]
         if k == 0 and (not in_shapes or in_shapes[0] is None):
@@ -154,7 +148,7 @@ class GraphBuilder:
             if built is not None:
                 in_shapes = [built, *in_shapes[1:]]
         computed = output_shape(layer.class_name, layer.config, in_shapes)
-        out_shape = recorded[0] if recorded and recorded[0] is not None else computed
+        out_shape = recorded.get(0) if recorded.get(0) is not None else computed
         if path not in self.created:
             self._create(layer, path, in_shapes, out_shape)
         elif self.graph.layer(self.created[path][0]).params:
@@ -165,10 +159,10 @@ class GraphBuilder:
             if tensor.producer is not None:
                 self.graph.connect(tensor.producer, main, tensor.name, tensor.shape, data=position == 0)
         base = "/".join(path)
-        return [
-            Tensor(tail, f"{base}[{k}][{i}]", shape if shape is not None else (out_shape if i == 0 else None))
-            for i, shape in enumerate(recorded or [None])
-        ]
+        return {
+            i: Tensor(tail, f"{base}[{k}][{i}]", shape if shape is not None else (out_shape if i == 0 else None))
+            for i, shape in (recorded or {0: None}).items()
+        }
 
     def _create(self, spec: LayerSpec, path: tuple, in_shapes: list, out_shape) -> None:
         name = self._unique("/".join(path))
@@ -224,3 +218,41 @@ def _trainable(weights: list, class_name: str = "") -> int:
     return sum(
         w.size for i, w in enumerate(weights) if w.numeric and is_trainable(class_name, w.name, i, len(weights))
     )
+
+
+def _schedule(makes: list[tuple], reads: list[list], made: dict):
+    """The order to run calls in: yields the index of each call once the tensors it
+    ``reads`` are ``made`` (the caller adds the outputs of call ``makes[index]`` to
+    ``made``), then ``-1 - index`` of the first call that can never run.
+
+    Calls are taken in config order, pass after pass, as a naive loop would, but a call
+    is looked at again only when a call it waits for has run: a config that lists a long
+    chain backwards must not cost quadratic time."""
+    waiting: dict[tuple, list[int]] = {}
+    missing = []
+    for index, refs in enumerate(reads):
+        absent = {ref[:2] for ref in refs if ref not in made}
+        missing.append(len(absent))
+        for call in absent:
+            waiting.setdefault(call, []).append(index)
+    this_pass = [index for index, count in enumerate(missing) if count == 0]
+    next_pass: list[int] = []
+    done: set[int] = set()
+    while this_pass or next_pass:
+        if not this_pass:
+            this_pass, next_pass = sorted(next_pass), []
+        index = heapq.heappop(this_pass)
+        if not all(ref in made for ref in reads[index]):
+            continue  # reads an output its producer does not have
+        yield index
+        done.add(index)
+        for waiter in waiting.pop(makes[index], ()):
+            missing[waiter] -= 1
+            if missing[waiter] == 0:
+                if waiter > index:
+                    heapq.heappush(this_pass, waiter)
+                else:
+                    next_pass.append(waiter)
+    stuck = next((index for index in range(len(reads)) if index not in done), None)
+    if stuck is not None:
+        yield -1 - stuck

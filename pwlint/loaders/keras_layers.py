@@ -147,7 +147,32 @@ def describe(class_name: str, config: dict, in_shapes: list, weights: list, layo
         attrs = {"target_shape": tuple(config.get("target_shape") or ())}
     elif kind == "concat":
         attrs = {"axis": config.get("axis", -1)}
-    return kind, attrs
+    return kind, _typed(attrs)
+
+
+#: attributes rules compute with: a config is untrusted JSON, so a count written as a
+#: string or a list must become "unknown" here, not a TypeError in a rule
+COUNTS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "depth_multiplier")
+SIZES = ("kernel", "stride", "dilation", "target_shape")
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _typed(attrs: dict) -> dict:
+    for key in COUNTS:
+        if key in attrs and not is_count(attrs[key]):
+            attrs[key] = None
+    for key in SIZES:
+        if key in attrs and not all(is_count(v) for v in attrs[key]):
+            attrs[key] = ()
+    if "perm" in attrs and attrs["perm"] is not None and not all(is_count(v) for v in attrs["perm"]):
+        attrs["perm"], attrs["layout_change"] = None, False
+    for key in ("padding", "activation"):
+        if key in attrs and not isinstance(attrs[key], str):
+            attrs[key] = None
+    return attrs
 
 
 def _layer_activation(class_name: str, config: dict) -> str:

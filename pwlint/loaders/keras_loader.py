@@ -51,6 +51,7 @@ from __future__ import annotations
 from pwlint.errors import LoadError
 from pwlint.hookspecs import hookimpl
 from pwlint.ir import ModelGraph
+from pwlint.loaders.files import require_plausible_sizes
 from pwlint.loaders.keras_config import is_model_entry, parse_model
 from pwlint.loaders.keras_graph import GraphBuilder, KerasSource
 from pwlint.loaders.keras_read import open_keras
@@ -73,9 +74,11 @@ def load(path: str) -> ModelGraph:
         except (OSError, RuntimeError, *MALFORMED) as exc:
             raise LoadError(f"{path}: cannot read the stored weights ({type(exc).__name__}: {exc})") from None
         try:
-            return GraphBuilder(model, spec, weights).build()
+            graph = GraphBuilder(model, spec, weights).build()
         except MALFORMED as exc:
             raise LoadError(f"{path}: malformed Keras model config ({type(exc).__name__}: {exc})") from None
+    require_plausible_sizes(graph, path)
+    return graph
 
 
 class KerasLoader:

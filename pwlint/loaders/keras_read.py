@@ -26,10 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from pwlint.errors import LoadError
+from pwlint.loaders.files import read_at_most
 
 #: the largest model config read (config.json member or model_config attribute)
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 1024 * 1024
+#: a compressed weights file is read through the inflater, and HDF5 seeks around in it
+#: (each seek back inflates from the start): Keras stores weights uncompressed, so a
+#: large compressed one is only worth refusing
+MAX_COMPRESSED_WEIGHTS = 256 * 1024 * 1024
 ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -96,7 +101,7 @@ def _read_member(path: str, zf: zipfile.ZipFile, name: str, limit: int) -> bytes
     if info.file_size > limit:
         raise LoadError(f"{path}: {name} is larger than {limit >> 20} MB; refusing to read it")
     with zf.open(info) as member:
-        data = member.read(limit + 1)  # the declared size may lie
+        data = read_at_most(member, limit)  # the declared size may lie
     if len(data) > limit:
         raise LoadError(f"{path}: {name} is larger than {limit >> 20} MB; refusing to read it")
     return data
@@ -166,6 +171,11 @@ class _Window(io.RawIOBase):
 def _member_file(path: str, zf: zipfile.ZipFile, name: str):
     info = zf.getinfo(name)
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+        if info.file_size > MAX_COMPRESSED_WEIGHTS:
+            raise LoadError(
+                f"{path}: {name} is compressed and {info.file_size >> 20} MB; pwlint reads compressed weights "
+                f"up to {MAX_COMPRESSED_WEIGHTS >> 20} MB (Keras stores them uncompressed)"
+            )
         with zf.open(info) as member:  # seekable, but slower: compressed members are rare
             yield member
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from math import prod
 
+from pwlint.loaders.keras_config import as_shape
 from pwlint.loaders.keras_layers import CONV_CLASS, GLOBAL_POOL_CLASS, POOL_CLASS, kind_of
 
 SAME_SHAPE_KINDS = frozenset({"act", "norm", "dropout", "identity"})
@@ -65,9 +66,10 @@ def output_shape(class_name: str, config: dict, in_shapes: list):
     if shape is None:
         return None
     try:
-        return _compute(class_name, config, kind, shape, in_shapes)
-    except (TypeError, ValueError, IndexError, ZeroDivisionError, KeyError):
+        computed = _compute(class_name, config, kind, shape, in_shapes)
+    except (TypeError, ValueError, IndexError, ZeroDivisionError, KeyError, AttributeError):
         return None  # a config this module does not understand
+    return as_shape(computed)  # a size the config wrote as a string or a list is unknown
 
 
 def _compute(class_name: str, config: dict, kind: str, shape: tuple, in_shapes: list):

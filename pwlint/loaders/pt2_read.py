@@ -21,7 +21,8 @@ import json
 
 from pwlint.errors import LoadError
 from pwlint.loaders.torch_archive import MAX_METADATA, MAX_PROGRAM, Archive
-from pwlint.loaders.torch_program import ModuleCall, OpNode, Program, TensorRef, Weight
+from pwlint.loaders.files import MAX_RANK
+from pwlint.loaders.torch_program import ModuleCall, OpNode, Program, TensorRef, Weight, dataflow_problem
 
 SCALAR_KINDS = {
     "as_int", "as_float", "as_bool", "as_string", "as_ints", "as_floats", "as_bools", "as_strings",
@@ -43,6 +44,9 @@ def read_pt2(archive: Archive, kind: str, root: str) -> Program:
         raise LoadError(
             f"{archive.path}: malformed serialized program in {member} ({type(exc).__name__}: {exc})"
         ) from exc
+    problem = dataflow_problem(program)
+    if problem:
+        raise LoadError(f"{archive.path}: malformed serialized program in {member}: {problem}")
     program.meta.update(archive=kind, model=model)
     return program
 
@@ -60,6 +64,8 @@ def sizes(meta) -> tuple | None:
     """``[{"as_int": 6}, {"as_expr": ...}]`` -> ``(6, None)``: symbolic sizes are unknown."""
     if not isinstance(meta, dict) or not isinstance(meta.get("sizes"), list):
         return None
+    if len(meta["sizes"]) > MAX_RANK:
+        raise ValueError(f"a tensor of {len(meta['sizes'])} dimensions, over pwlint's limit of {MAX_RANK}")
     return tuple(s["as_int"] if isinstance(s, dict) and isinstance(s.get("as_int"), int) else None for s in meta["sizes"])
 
 

@@ -19,11 +19,12 @@ import zipfile
 import zlib
 
 from pwlint.errors import LoadError
-from pwlint.loaders.files import require_model_file
+from pwlint.loaders.files import read_at_most, require_model_file
 
 MB = 2**20
-#: the serialized program: refuse anything larger rather than exhaust memory
-MAX_PROGRAM = 256 * MB
+#: the serialized program: refuse anything larger rather than exhaust memory (parsed,
+#: JSON of many small objects takes up to ~25 times its size as Python objects)
+MAX_PROGRAM = 64 * MB
 #: weight and constant metadata, TorchScript source and data.pkl
 MAX_METADATA = 64 * MB
 MAX_MEMBERS = 1_000_000
@@ -68,7 +69,7 @@ class Archive:
             )
         try:
             with self.zf.open(info) as stream:
-                data = stream.read(limit + 1)
+                data = read_at_most(stream, limit)
         except READ_ERRORS as exc:
             raise LoadError(f"{self.path}: damaged archive, cannot read {member} ({exc})") from exc
         if len(data) > limit:
@@ -124,20 +125,39 @@ def not_a_zip(path: str) -> LoadError:
 
 def classify(archive: Archive) -> tuple[str, str]:
     """``(kind, root)``: kind is ``pt2``, ``pt2-legacy``, ``torchscript`` or ``pickle``."""
+    # found in one pass over the names: a lookup per candidate root would take quadratic
+    # time on an archive of many folders
+    with_models = _folders_holding(archive, "models/", ".json")
+    with_code = _folders_holding(archive, "code/")
+    with_aoti = _folders_holding(archive, "data/aotinductor/")
     for root in archive.roots("archive_format"):
-        if any(n.startswith(root + "models/") and n.endswith(".json") for n in archive.infos):
+        if root in with_models:
             return "pt2", root
     for root in archive.roots("serialized_exported_program.json"):
         return "pt2-legacy", root
     for root in archive.roots("data.pkl"):
-        if any(n.startswith(root + "code/") for n in archive.infos):
+        if root in with_code:
             return "torchscript", root
         return "pickle", root
     for root in archive.roots("archive_format"):
-        if any(n.startswith(root + "data/aotinductor/") for n in archive.infos):
+        if root in with_aoti:
             raise LoadError(
                 f"{archive.path}: an AOTInductor package holds compiled code, not a program pwlint can read: "
                 "lint the ExportedProgram saved with torch.export.save()"
             )
         raise LoadError(f"{archive.path}: damaged .pt2 archive, it holds no models/*.json program")
     raise LoadError(f"{archive.path}: a zip archive but not a PyTorch model (no serialized program, no TorchScript code)")
+
+
+def _folders_holding(archive: Archive, folder: str, suffix: str = "") -> set[str]:
+    """Prefixes ``p`` (``""`` or ending in ``/``) with a member ``p + folder + ...`` ending in ``suffix``."""
+    found = set()
+    for name in archive.infos:
+        if not name.endswith(suffix):
+            continue
+        at = name.find(folder)
+        while at >= 0:
+            if at == 0 or name[at - 1] == "/":
+                found.add(name[:at])
+            at = name.find(folder, at + 1)
+    return found

@@ -19,7 +19,7 @@ argument names (``x``); outputs are ``output``, ``output#2``...
 
 from __future__ import annotations
 
-from pwlint.ir import Layer, ModelGraph, unique_name as _unique
+from pwlint.ir import Layer, ModelGraph, UniqueNames
 from pwlint.loaders.torch_ops import CONV, DENSE, bias_add, describe, is_auxiliary
 from pwlint.loaders.torch_program import OpNode, Program, Tensors
 
@@ -30,7 +30,7 @@ class _Builder:
         self.nodes = program.nodes
         self.tensors = Tensors(program)
         self.graph = ModelGraph(path, fmt)
-        self.used: set[str] = set()
+        self._unique = UniqueNames()
         self.consumers: dict[str, list[int]] = {}
         for index, node in enumerate(self.nodes):
             for _, tensor in node.tensor_args():
@@ -119,7 +119,7 @@ class _Builder:
     def build(self) -> ModelGraph:
         producer_layer: dict[str, str] = {}
         for tensor in self.program.inputs:
-            layer = Layer(_unique(tensor, self.used), "input", "input", output_shapes=[self.tensors.shape(tensor)], layout="NCHW")
+            layer = Layer(self._unique(tensor), "input", "input", output_shapes=[self.tensors.shape(tensor)], layout="NCHW")
             self.graph.add_layer(layer)
             producer_layer[tensor] = layer.name
         layers = []
@@ -139,7 +139,7 @@ class _Builder:
                     self.graph.connect(producer_layer[tensor], layer.name, tensor, self.tensors.shape(tensor), data=tensor == data[0])
         for tensor in self.program.outputs:
             shape = self.tensors.shape(tensor)
-            out = Layer(_unique("output", self.used), "output", "output", input_shapes=[shape], layout="NCHW")
+            out = Layer(self._unique("output"), "output", "output", input_shapes=[shape], layout="NCHW")
             self.graph.add_layer(out)
             if tensor in producer_layer:
                 self.graph.connect(producer_layer[tensor], out.name, tensor, shape, data=True)
@@ -168,9 +168,9 @@ class _Builder:
         primary = self._primary(group)
         call = primary.module
         if whole and call is not None:
-            name = _unique(call.path, self.used)
+            name = self._unique(call.path)
         else:
-            name = _unique(f"{call.path}/{primary.name}" if call else primary.name, self.used)
+            name = self._unique(f"{call.path}/{primary.name}" if call else primary.name)
         internal = {out for node in nodes for out in node.outputs}
         inputs = list(dict.fromkeys(t for node in nodes for _, t in node.tensor_args() if t not in internal))
         data_inputs = [t for t in inputs if not self.tensors.is_const(t)]

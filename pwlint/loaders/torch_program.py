@@ -116,6 +116,33 @@ class Program:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def dataflow_problem(program: Program) -> str | None:
+    """What makes the operator list impossible to run in order, or None: an operator that
+    reads a tensor computed only later (a cycle, or a node that reads itself), a tensor
+    that nothing computes, a tensor computed twice. The graph builder would otherwise
+    link such a file into a graph with cycles or silently missing edges."""
+    made = {name: "an input" for name in program.inputs}
+    made.update((name, "a stored tensor") for name in program.weights)
+    later = {out: node.name for node in program.nodes for out in node.outputs}
+    for node in program.nodes:
+        for _, tensor in node.tensor_args():
+            if tensor in made:
+                continue
+            if tensor in node.outputs:
+                return f"operator '{node.name}' reads its own output '{tensor}' (a cycle)"
+            if tensor in later:
+                return f"operator '{node.name}' reads '{tensor}' before operator '{later[tensor]}' computes it (a cycle)"
+            return f"operator '{node.name}' reads '{tensor}', which is neither an input nor computed by any operator"
+        for out in node.outputs:
+            if out in made:
+                return f"operator '{node.name}' computes '{out}', which is already {made[out]}"
+            made[out] = f"the output of operator '{node.name}'"
+    for tensor in program.outputs:
+        if tensor not in made:
+            return f"the program's output '{tensor}' is never computed"
+    return None
+
+
 class Tensors:
     """Facts about a program's tensors: shapes, and which are computed from stored tensors
     only (a Linear's transposed weight is; anything downstream of an input is not)."""

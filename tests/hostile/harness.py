@@ -19,13 +19,19 @@ class BoundedRun:
     peak_mib: float
 
 
-#: runs the CLI, then leaves its own peak RSS (KiB) in the file named by argv[1]
+#: runs the CLI, then leaves its own peak RSS (KiB) in the file named by argv[1]. VmHWM,
+#: not getrusage: Linux carries ru_maxrss across exec, so a child started by a pytest
+#: holding torch would report pytest's memory as its own
 _CHILD = (
     "import resource, sys\n"
     "from pwlint.cli import main\n"
     "code = main(sys.argv[2:])\n"
     "sys.stdout.flush(); sys.stderr.flush()\n"
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    "try:\n"
+    "    peak = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+    "except (OSError, StopIteration):\n"
+    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "open(sys.argv[1], 'w').write(str(peak))\n"
     "sys.exit(code)\n"
 )
 
