@@ -51,18 +51,28 @@ from __future__ import annotations
 from pwlint.errors import LoadError
 from pwlint.hookspecs import hookimpl
 from pwlint.ir import ModelGraph
-from pwlint.loaders.files import require_plausible_sizes
-from pwlint.loaders.keras_config import is_model_entry, parse_model
-from pwlint.loaders.keras_graph import GraphBuilder, KerasSource
-from pwlint.loaders.keras_read import open_keras
-from pwlint.loaders.keras_weights import index_weights
 
 __all__ = ["KerasLoader", "KerasSource", "load"]
 
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
+def __getattr__(name: str):
+    # the reader's modules are imported by the first Keras file, not by every run's start-up
+    if name == "KerasSource":
+        from pwlint.loaders.keras_graph import KerasSource
+
+        return KerasSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def load(path: str) -> ModelGraph:
+    from pwlint.loaders.files import require_plausible_sizes
+    from pwlint.loaders.keras_config import is_model_entry, parse_model
+    from pwlint.loaders.keras_graph import GraphBuilder
+    from pwlint.loaders.keras_read import open_keras
+    from pwlint.loaders.keras_weights import index_weights
+
     with open_keras(path) as model:
         config = model.config
         try:
