@@ -69,3 +69,32 @@ def assert_handled(run: BoundedRun, max_mib: float = 1500) -> None:
         lines = run.err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("pwlint: error: "), run.err
     assert run.peak_mib < max_mib, f"peak memory {run.peak_mib:.0f} MiB"
+
+
+#: examples per fuzz test: fixed in CI (derandomised, no database), raised locally
+FUZZ_EXAMPLES = int(os.environ.get("PWLINT_FUZZ_EXAMPLES", "300"))
+
+
+def fuzz_budget():
+    """hypothesis settings shared by the fuzz tests: deterministic, no deadline (a lint
+    in a busy CI may take a second), health checks that flag slow or large data off."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
+
+
+def assert_handled_inprocess(path: Path) -> None:
+    """:func:`assert_handled` for a lint run in this process (fuzz tests run hundreds):
+    exit 0, 1 or 2, and an exit 2 is one ``pwlint: error: PATH: ...`` line."""
+    from tests.conftest import run_inprocess
+
+    run = run_inprocess("check", str(path))
+    assert run.code in (0, 1, 2), (run.code, run.err)
+    assert "Traceback" not in run.err + run.out, run.err
+    assert "internal error" not in run.err, run.err
+    if run.code == 2:
+        lines = run.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"pwlint: error: {path}: "), run.err

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import run_inprocess
+from tests.hostile.harness import FUZZ_EXAMPLES as EXAMPLES
+from tests.hostile.harness import assert_handled_inprocess, fuzz_budget
 from tests.hostile.test_keras_hostile import save_models
 
-EXAMPLES = int(os.environ.get("PWLINT_FUZZ_EXAMPLES", "300"))
-BUDGET = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+BUDGET = fuzz_budget()
 
 #: values that have broken parsers before: wrong types, huge, negative, empty, NaN
 SCALARS = st.one_of(
@@ -114,16 +113,6 @@ def _write_h5(path: Path, config_text: str) -> None:
 
     with h5py.File(path, "w") as h5:
         h5.attrs["model_config"] = config_text
-
-
-def assert_handled_inprocess(path: Path) -> None:
-    run = run_inprocess("check", str(path))
-    assert run.code in (0, 1, 2), (run.code, run.err)
-    assert "Traceback" not in run.err + run.out, run.err
-    assert "internal error" not in run.err, run.err
-    if run.code == 2:
-        lines = run.err.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("pwlint: error: "), run.err
 
 
 @BUDGET
