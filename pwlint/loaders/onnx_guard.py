@@ -18,7 +18,8 @@ inference or the loader sees it, :func:`check_model` makes sure that
 - nodes of the ONNX domain have an opset to be read against, as many inputs
   as their operator needs and attributes of the types it declares.
 
-Every walk here is iterative and linear in the size of the model. Each problem
+The per-tensor checks live in :mod:`onnx_tensor_checks`. Every walk here is
+iterative and linear in the size of the model. Each problem
 is a :class:`~pwlint.errors.LoadError` naming the file and the first offence.
 :func:`pwlint.loaders.onnx_wire.read_model` calls it, so every reader of a file
 (linting and fixing alike) gets a checked model; what must be refused before
@@ -28,12 +29,10 @@ protobuf parses (nesting, node and attribute counts) is checked there too.
 from __future__ import annotations
 
 import os
-import re
-from math import prod
 from pathlib import Path
 
 from pwlint.errors import LoadError
-from pwlint.loaders.files import MAX_DIM, MAX_ELEMENTS, MAX_RANK  # the limits of every format
+from pwlint.loaders.onnx_tensor_checks import check_tensor, check_value_shape, shown, text
 
 #: nodes in all graphs together; the largest real graphs (unrolled LLMs) have a few 100k
 MAX_NODES = 2_000_000
@@ -44,28 +43,6 @@ MAX_CONNECTIONS = 8_000_000
 MAX_ATTRIBUTE_VALUES = 4_000_000
 #: If/Loop/Scan bodies inside bodies; protobuf's parser stops near 33, real models at 3 or 4
 MAX_SUBGRAPH_DEPTH = 30
-
-#: bytes per element of the fixed-size types (TensorProto.DataType)
-ITEM_SIZE = {
-    1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2,
-    17: 1, 18: 1, 19: 1, 20: 1, 24: 1,
-}
-#: the typed field that holds each type's values when there is no raw_data, and how
-#: many entries one element takes (complex numbers are pairs)
-TYPED_FIELD = {
-    1: ("float_data", 1), 14: ("float_data", 2), 11: ("double_data", 1), 15: ("double_data", 2),
-    7: ("int64_data", 1), 12: ("uint64_data", 1), 13: ("uint64_data", 1), 8: ("string_data", 1),
-    **{t: ("int32_data", 1) for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 24)},
-}
-EXTERNAL = 1  # TensorProto.EXTERNAL
-
-
-def shown(name: str, limit: int = 80) -> str:
-    """A name from the file, safe to put in a one-line message: control characters
-    escaped, long names cut."""
-    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: f"\\x{ord(m.group()):02x}", name)
-    return text if len(text) <= limit else text[:limit] + "..."
-
 
 def node_label(node, position: int) -> str:
     """The name pwlint reports a node by (see onnx_read.Node.display_name)."""
@@ -190,7 +167,7 @@ def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, 
         outputs, inputs, attributes = node.output, node.input, node.attribute
         for out in outputs:
             if out:
-                producer[_text(out, path)] = position
+                producer[text(out, path)] = position
         inputs_of.append(inputs)
         connections += len(inputs) + len(outputs)
         if attributes:
@@ -198,14 +175,14 @@ def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, 
         operators.check(node, position, op_type, domain, len(inputs), attributes, path)
     budget.spend("node inputs and outputs", connections, MAX_CONNECTIONS)
     for tensor in tensors:
-        _check_tensor(tensor, path, folder)
+        check_tensor(tensor, path, folder)
     for value in (*graph.input, *graph.output, *graph.value_info):
-        _check_value_shape(value, path)
+        check_value_shape(value, path)
     available = {value.name for value in graph.input}
     available.update(tensor.name for tensor in graph.initializer)
     available.update(sparse.values.name for sparse in graph.sparse_initializer)
     for name in available:
-        _text(name, path)
+        text(name, path)
     _check_wiring(graph.node, inputs_of, producer, available, outer, path)
     scope = (*outer, available, producer)
     return [(subgraph, scope) for subgraph in subgraphs]
@@ -214,7 +191,7 @@ def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, 
 def _collect_attributes(attributes, subgraphs: list, tensors: list, budget: _Budget, path) -> None:
     """The subgraphs and tensors a node's attributes hold; list values counted."""
     for attr in attributes:
-        _text(attr.name, path)
+        text(attr.name, path)
         budget.spend("attribute values", len(attr.ints) + len(attr.floats) + len(attr.strings), MAX_ATTRIBUTE_VALUES)
         if attr.HasField("g"):
             subgraphs.append(attr.g)
@@ -224,95 +201,6 @@ def _collect_attributes(attributes, subgraphs: list, tensors: list, budget: _Bud
         tensors += attr.tensors
         for sparse in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors):
             tensors += (sparse.values, sparse.indices)
-
-
-def _text(value, path) -> str:
-    """A string field of the file. protobuf hands back bytes for one that is not
-    valid UTF-8, which no reader downstream expects."""
-    if type(value) is not str:
-        raise LoadError(f"{path}: a name in the model ({shown(value.decode('utf-8', 'replace'))}) is not valid UTF-8 text")
-    return value
-
-
-def _check_tensor(tensor, path, folder: str) -> None:
-    name = shown(_text(tensor.name, path))
-    dims = list(tensor.dims)
-    if len(dims) > MAX_RANK:
-        raise LoadError(f"{path}: tensor '{name}' declares {len(dims)} dimensions; pwlint reads at most {MAX_RANK}")
-    if any(d < 0 for d in dims):
-        raise LoadError(f"{path}: tensor '{name}' declares a negative dimension {dims}")
-    if any(d > MAX_DIM for d in dims) or prod(dims) > MAX_ELEMENTS:
-        raise LoadError(f"{path}: tensor '{name}' declares {prod(dims)} elements {dims}; pwlint reads at most {MAX_ELEMENTS}")
-    if tensor.data_location == EXTERNAL:
-        _check_external(tensor, name, prod(dims), path, folder)
-    else:
-        _check_inline_size(tensor, name, prod(dims), path)
-
-
-def _check_inline_size(tensor, name: str, count: int, path) -> None:
-    """Inline values must be as many as the dims say: a few bytes declared as a huge
-    tensor is a corrupt (or hostile) file. Tensors without values (weights left out
-    on purpose) and sub-byte types are not checked."""
-    size = ITEM_SIZE.get(tensor.data_type)
-    if tensor.HasField("raw_data"):
-        held = len(tensor.raw_data)
-        if size is not None and held != count * size:
-            raise LoadError(f"{path}: tensor '{name}' declares {count} elements ({count * size} bytes) but holds {held} bytes")
-        return
-    field, per_element = TYPED_FIELD.get(tensor.data_type, (None, 1))
-    if field is None:
-        return
-    held = len(getattr(tensor, field))
-    if held and held != count * per_element:
-        raise LoadError(f"{path}: tensor '{name}' declares {count} elements but holds {held // per_element}")
-
-
-def _check_external(tensor, name: str, count: int, path, folder: str) -> None:
-    info = {_text(entry.key, path): _text(entry.value, path) for entry in tensor.external_data}
-    target = _external_file(info.get("location", ""), name, path, folder)
-    for key in ("offset", "length"):
-        if key in info and not info[key].isdecimal():
-            raise LoadError(f"{path}: external data of tensor '{name}' has {key} '{shown(info[key])}', not a byte count")
-    size = ITEM_SIZE.get(tensor.data_type)
-    needed = count * size if size is not None else 0
-    offset = int(info.get("offset", 0))
-    length = int(info.get("length", needed))
-    if length < needed:
-        raise LoadError(f"{path}: tensor '{name}' declares {count} elements ({needed} bytes) but its external data holds {length} bytes")
-    # the fix backend reads these bytes: a declared length past the end of the file
-    # would have it allocate for data that is not there
-    if os.path.isfile(target) and offset + length > os.path.getsize(target):
-        raise LoadError(
-            f"{path}: external data of tensor '{name}' runs past the end of "
-            f"'{shown(info['location'])}' ({offset + length} > {os.path.getsize(target)} bytes)"
-        )
-
-
-def _external_file(location: str, name: str, path, folder: str) -> str:
-    """The real path of an external data file, which must lie inside the model's folder."""
-    where = shown(location)
-    if not location or "\0" in location:
-        raise LoadError(f"{path}: external data of tensor '{name}' names no file")
-    if os.path.isabs(location) or location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
-        raise LoadError(f"{path}: external data of tensor '{name}' is at an absolute path '{where}'; it must be a file in the model's folder")
-    if ".." in re.split(r"[\\/]", location):
-        raise LoadError(f"{path}: external data of tensor '{name}' at '{where}' is outside the model's folder")
-    target = os.path.realpath(os.path.join(folder, location))
-    if os.path.commonpath([folder, target]) != folder:  # a symlink out of the folder
-        raise LoadError(f"{path}: external data of tensor '{name}' at '{where}' is outside the model's folder")
-    return target
-
-
-def _check_value_shape(value, path) -> None:
-    name = shown(_text(value.name, path))
-    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
-        return
-    dims = value.type.tensor_type.shape.dim
-    if len(dims) > MAX_RANK:
-        raise LoadError(f"{path}: '{name}' declares {len(dims)} dimensions; pwlint reads at most {MAX_RANK}")
-    for dim in dims:
-        if dim.dim_value > MAX_DIM:
-            raise LoadError(f"{path}: '{name}' declares a dimension of {dim.dim_value}; pwlint reads at most {MAX_DIM}")
 
 
 def _check_wiring(nodes, inputs_of: list, producer: dict[str, int], available: set[str], outer: tuple, path) -> None:
@@ -326,7 +214,7 @@ def _check_wiring(nodes, inputs_of: list, producer: dict[str, int], available: s
             source = producer.get(inp)
             if source is None:
                 if inp not in available and not any(inp in names for names in outer):
-                    _text(inp, path)  # bytes match no name: every name that could was checked
+                    text(inp, path)  # bytes match no name: every name that could was checked
                     raise LoadError(
                         f"{path}: node '{node_label(nodes[position], position)}' reads '{shown(inp)}', "
                         "which no node, graph input or initializer produces"
