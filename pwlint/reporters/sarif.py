@@ -5,8 +5,9 @@ not) from its docstring, and each finding is a result located in its model file
 (relative to the repository root), line 1, with the layers it names as logical
 locations. A model is a binary file, so GitHub's own line hash would be meaningless:
 each result carries a ``partialFingerprints`` value computed from the rule, the path
-and the layer names, which survives retraining (only the weights change) and changes
-when the flagged layers do.
+and the flagged layers' structure (:mod:`pwlint.signature`), which survives retraining
+(only the weights change) and renaming (exporters renumber node names when a layer is
+added), and changes when the flagged layers do.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pwlint.hookspecs import hookimpl
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
-FINGERPRINT_KEY = "pwlint/v1"
+#: v1 hashed layer names; v2 hashes their structure, so renumbered names keep the alert
+FINGERPRINT_KEY = "pwlint/v2"
 
 #: pwlint severity -> SARIF level
 LEVELS = {"info": "note", "warning": "warning", "error": "error"}
@@ -71,10 +73,11 @@ def artifact_uri(path: str) -> str:
     return Path(os.path.abspath(path)).as_uri()
 
 
-def fingerprint(code: str, relative: str, nodes) -> str:
-    """What identifies a finding across runs: the rule, the model's path and the layers
-    it names. None of these depend on the weights, so retraining keeps the value."""
-    payload = json.dumps([code, relative, list(nodes)], separators=(",", ":"), ensure_ascii=False)
+def fingerprint(code: str, relative: str, signature: str, ordinal: int = 0) -> str:
+    """What identifies a finding across runs: the rule, the model's path, the flagged
+    layers' structure, and which of the identical findings of that model it is (VGG's
+    equal convs share a signature). None of these depend on weights or names."""
+    payload = json.dumps([code, relative, signature, ordinal], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -98,7 +101,7 @@ def _location(uri: str) -> dict:
     return {"physicalLocation": {"artifactLocation": {"uri": uri}, "region": {"startLine": 1}}}
 
 
-def result_entry(finding, index: dict[str, int]) -> dict:
+def result_entry(finding, index: dict[str, int], ordinal: int = 0) -> dict:
     uri = artifact_uri(finding.path)
     location = _location(uri)
     if finding.nodes:
@@ -111,7 +114,9 @@ def result_entry(finding, index: dict[str, int]) -> dict:
         "message": {"text": finding.message},
         "locations": [location],
         "partialFingerprints": {
-            FINGERPRINT_KEY: fingerprint(finding.code, relative_path(finding.path) or uri, finding.nodes),
+            FINGERPRINT_KEY: fingerprint(
+                finding.code, relative_path(finding.path) or uri, finding.signature or "|".join(finding.nodes), ordinal,
+            ),
         },
     })
     fix = finding.fix
@@ -151,10 +156,21 @@ def as_sarif(result, rules=None) -> dict:
                 "rules": [rule_descriptor(rule) for rule in rules],
             }},
             "invocations": [invocation],
-            "results": [result_entry(finding, index) for finding in result.findings],
+            "results": [result_entry(finding, index, ordinal) for finding, ordinal in _with_ordinals(result.findings)],
             "columnKind": "unicodeCodePoints",
         }],
     }
+
+
+def _with_ordinals(findings):
+    """Each finding with how many findings of the same model, rule and signature came
+    before it."""
+    seen: dict[tuple, int] = {}
+    for finding in findings:
+        key = (finding.path, finding.code, finding.signature or tuple(finding.nodes))
+        ordinal = seen.get(key, 0)
+        seen[key] = ordinal + 1
+        yield finding, ordinal
 
 
 class SarifReporter:

@@ -54,7 +54,7 @@ def by_rule(log: dict, code: str) -> list[dict]:
 
 def fingerprint(log: dict, code: str) -> str:
     (result,) = by_rule(log, code)
-    return result["partialFingerprints"]["pwlint/v1"]
+    return result["partialFingerprints"]["pwlint/v2"]
 
 
 def test_the_validator_rejects_an_invalid_log(validator):
@@ -217,6 +217,16 @@ def test_fingerprint_survives_retraining_and_follows_the_flagged_layer(validator
     onnx.save(renamed_conv, path)
     assert fingerprint(sarif(path), "PW001") == first
 
+    # the flagged layers themselves renamed, as an exporter renumbers them: the same finding
+    renumbered = cnn_model(head="flatten")
+    for node in renumbered.graph.node:
+        if node.name in ("flatten", "fc"):
+            node.name = f"node_{node.name}_3"
+    onnx.save(renumbered, path)
+    moved_names = sarif(path)
+    assert "'node_fc_3'" in by_rule(moved_names, "PW001")[0]["message"]["text"]
+    assert fingerprint(moved_names, "PW001") == first
+
     # the flagged dense layer replaced by another (new name, more units)
     replaced = cnn_model(head="flatten")
     graph = replaced.graph
@@ -247,3 +257,14 @@ def test_kept_copy_of_the_schema_is_the_official_one():
     if SHARED_SCHEMA.is_file():
         assert kept.read_bytes() == SHARED_SCHEMA.read_bytes()
     assert '"version": "2.1.0"' in kept.read_text() or "2.1.0" in kept.read_text()
+
+
+def test_identical_findings_in_one_model_have_distinct_fingerprints(tmp_path, onnx_text):
+    """Two equal conv+BatchNorm blocks give two PW004 findings of one signature; GitHub
+    would merge results with one fingerprint into one alert."""
+    from tests.test_baseline import classifier
+
+    path = onnx_text(classifier(blocks=("block1", "block2")), name="m.onnx")
+    log = json.loads(run_inprocess("check", str(path), "--format", "sarif", "--select", "PW004").out)
+    prints = [r["partialFingerprints"]["pwlint/v2"] for r in by_rule(log, "PW004")]
+    assert len(prints) == 3 and len(set(prints)) == 3  # the stem and the two equal blocks
