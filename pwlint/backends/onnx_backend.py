@@ -135,50 +135,64 @@ class OnnxFixSession:
 
     # writing -------------------------------------------------------------
     def commit(self, target: str) -> None:
-        """Move the last verified candidate into place: data first, then the model, each
-        by an atomic rename within the target's folder."""
+        """Move the last verified candidate into place by atomic renames within the
+        target's folder, in an order where a kill at any moment leaves a model whose
+        external data is complete and its own (at worst under an interim name)."""
         destination = Path(target)
         source = self.last_good
         if source == self.path:
             source = self.checkpoint()
-        staging = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=destination.resolve().parent))
+        folder = destination.resolve().parent
+        staging = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=folder))
         same_device = os.stat(staging).st_dev == os.stat(source).st_dev
         move = os.replace if same_device else shutil.copyfile  # a rename moves no bytes
-        previous_data = placed_data = None
         try:
             staged_model = staging / destination.name
             move(source, staged_model)
             data = source.parent / self._data_name()
-            if data.exists():
-                staged_data = staging / f"{destination.name}.data"
-                move(data, staged_data)
-                if destination.name != self.path.name:
-                    # the model names its data file: point it at the renamed one
-                    model = onnx.load_model(str(staged_model), load_external_data=False)
-                    for tensor in onnx.external_data_helper._get_all_tensors(model):
-                        for entry in tensor.external_data:
-                            if entry.key == "location":
-                                entry.value = staged_data.name
-                    onnx.save_model(model, str(staged_model))
-                placed_data = destination.parent / staged_data.name
-                if placed_data.exists():  # the data the model in place reads: kept until the model is replaced
-                    previous_data = staging / "previous.data"
-                    try:
-                        os.link(placed_data, previous_data)
-                    except OSError:  # a file system without hard links
-                        shutil.copyfile(placed_data, previous_data)
-                os.replace(staged_data, placed_data)
+            if not data.exists():
+                os.replace(staged_model, destination)
+                return
+            final_data = folder / f"{destination.name}.data"
+            if final_data.exists():
+                # the model in place may read this file: it must not change while any
+                # committed model reads it, so the new data goes in under an interim name
+                placed = folder / f".{destination.name}.{staging.name.removeprefix('.pwlint-')}.data"
+            else:
+                placed = final_data
+            move(data, staging / placed.name)
+            os.replace(staging / placed.name, placed)
+            model = onnx.load_model(str(staged_model), load_external_data=False)
             try:
+                _point_at(model, placed.name, staged_model)
                 os.replace(staged_model, destination)
             except BaseException:
-                if previous_data is not None:
-                    os.replace(previous_data, placed_data)
+                if staged_model.exists():  # not renamed: no model reads the placed data
+                    placed.unlink(missing_ok=True)
                 raise
+            if placed == final_data:
+                return
+            # the new model is in place with its data; now give the data its usual name. A
+            # copy, not a hard link: onnx refuses data files with several links
+            shutil.copyfile(placed, staging / final_data.name)
+            os.replace(staging / final_data.name, final_data)
+            _point_at(model, final_data.name, staged_model)
+            os.replace(staged_model, destination)
+            placed.unlink()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _point_at(model: onnx.ModelProto, location: str, model_file: Path) -> None:
+    """Write ``model`` to ``model_file`` with all its external data read from ``location``."""
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(model, str(model_file))
 
 
 def _feeds(session, seed: int, symbolic: int) -> dict:

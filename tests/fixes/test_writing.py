@@ -214,3 +214,40 @@ def test_external_data_write_failing_at_the_last_step_leaves_model_and_data(lene
     one_line_error(run_inprocess(str(path), "--fix"))
     assert listing(path.parent) == before
     assert_same_outputs(original, path)
+
+
+class _Killed(BaseException):
+    """A kill: not an Exception, so no handler of pwlint's turns it into an error."""
+
+
+def test_a_kill_after_any_rename_leaves_a_model_that_reads_its_own_data(lenet, tmp_path, monkeypatch):
+    """Model and data are two files, so no single rename writes both: after each rename
+    of a fix in place, the model on disk must still find complete data of its own (a
+    model paired with the other version's data computes garbage)."""
+    original, _ = lenet
+    real_replace = os.replace
+    step = 0
+    while True:
+        step += 1
+        path = save_with_external_data(original, tmp_path / f"kill-after-{step}")
+        calls = []
+
+        def replace(src, dst, *args, **kwargs):
+            real_replace(src, dst, *args, **kwargs)
+            calls.append(dst)
+            if len(calls) == step:
+                raise _Killed
+
+        monkeypatch.setattr(os, "replace", replace)
+        try:
+            run_inprocess(str(path), "--fix")
+            killed = False
+        except _Killed:
+            killed = True
+        monkeypatch.setattr(os, "replace", real_replace)
+        onnx.checker.check_model(str(path), full_check=True)
+        assert_same_outputs(original, path)
+        if not killed:
+            break
+    assert step > 3, "the commit should take several renames, each one a kill point"
+    assert _locations(path) == {"m.onnx.data"}
