@@ -334,7 +334,7 @@ def _single_consumer(container: Container, name: str) -> None:
         raise FixNotApplicable(f"the output of '{name}' is also read elsewhere in the model")
 
 
-def _conv_entry(edit: ModelEdit, dense: dict, kernel: tuple, layout: str) -> dict:
+def _conv_entry(edit: ModelEdit, dense: dict, kernel: tuple, layout: str, name: str) -> dict:
     keras = edit.keras
     config = dense["config"]
     if config.get("quantization_config") or config.get("lora_rank"):
@@ -344,7 +344,7 @@ def _conv_entry(edit: ModelEdit, dense: dict, kernel: tuple, layout: str) -> dic
         raise FixNotApplicable(f"a {rank}-d feature map has no Keras conv")
     conv_class = getattr(keras.layers, f"Conv{rank}D")
     conv = conv_class(
-        filters=config["units"], kernel_size=kernel, padding="valid", name=config["name"],
+        filters=config["units"], kernel_size=kernel, padding="valid", name=name,
         data_format="channels_last" if layout == "NHWC" else "channels_first",
     )
     entry = edit.new_entry(conv, dense)
@@ -416,13 +416,17 @@ def _rewrite_head(edit: ModelEdit, graph: ModelGraph, plan: dict, pool: bool) ->
     ]
     # the config: everything is read and checked, the edit starts here
     first_kernel = (1,) * spatial if pool else positions
+    last = dense_names[-1]
+    # the final Flatten takes the last dense layer's name, so the model's output names
+    # (what losses, metrics and predict() dicts are keyed by) do not change
+    conv_names = dense_names[:-1] + [edit.fresh(f"{last}_conv")]
     for index, (name, entry) in enumerate(zip(dense_names, denses)):
-        conv = _conv_entry(edit, entry, first_kernel if index == 0 else (1,) * spatial, layout)
+        conv = _conv_entry(edit, entry, first_kernel if index == 0 else (1,) * spatial, layout, conv_names[index])
         container.layers[container.index(name)] = conv
         new = list(values[index])
         at = _weight(live[index], "kernel")
         new[at] = kernels[index].astype(new[at].dtype, copy=False)
-        edit.weights[container.prefix + (name,)] = new
+        edit.weights[container.prefix + (conv_names[index],)] = new
     dtype = flatten["config"].get("dtype")
     data_format = "channels_last" if layout == "NHWC" else "channels_first"
 
@@ -447,20 +451,19 @@ def _rewrite_head(edit: ModelEdit, graph: ModelGraph, plan: dict, pool: bool) ->
         container.rewire([flat_name, 0, 0], source, entries=[container.entry(head_reader)], outputs=False)
         if not container.consumers(flat_name) and not container.is_output(flat_name):
             del container.layers[container.index(flat_name)]
-    # a final Flatten, so that the head's output is [N, units] again
-    last = dense_names[-1]
-    flat_out = keras.layers.Flatten(name=edit.fresh(f"{last}_flatten"))
+    # a final Flatten, so that the head's output is [N, units] again; it reads the last
+    # conv and, under the last dense layer's name, is read by what read that layer
+    flat_out = keras.layers.Flatten(name=last)
     out_dtype = denses[-1]["config"].get("dtype")
     if container.sequential:
-        container.layers.insert(container.index(last) + 1, edit.new_entry(flat_out, dtype=out_dtype))
+        container.layers.insert(container.index(conv_names[-1]) + 1, edit.new_entry(flat_out, dtype=out_dtype))
     else:
         entry = edit.new_entry(flat_out, dtype=out_dtype)
-        entry["name"] = flat_out.name
-        entry["inbound_nodes"] = [{"args": [_tensor(last)], "kwargs": {}}]
-        container.rewire([last, 0, 0], [flat_out.name, 0, 0])
-        container.layers.insert(container.index(last) + 1, entry)
+        entry["name"] = last
+        entry["inbound_nodes"] = [{"args": [_tensor(conv_names[-1])], "kwargs": {}}]
+        container.layers.insert(container.index(conv_names[-1]) + 1, entry)
     # the head's later layers see [N, 1, 1, F]: their recorded build shapes are stale
-    for name in dense_names:
+    for name in conv_names:
         container.entry(name).pop("build_config", None)
     later = f", and {len(dense_names) - 1} later dense layer(s) by 1x1 convs" if len(dense_names) > 1 else ""
     if pool:

@@ -138,6 +138,18 @@ HEADS = {
 }
 
 
+def conv_of(name: str, head: str) -> str:
+    """Where a dense layer of ``HEADS[head]`` is after the head fix: a conv of its own name,
+    except the last, whose name the final Flatten keeps (the model's output name)."""
+    first, _, later = HEADS[head]
+    return f"{name}_conv" if name == [first, *later][-1] else name
+
+
+def output_names(model) -> list[str]:
+    """What a model's outputs are called: Functional's output_names, a Sequential's last layer."""
+    return list(getattr(model, "output_names", None) or [model.layers[-1].name])
+
+
 def save(model, path):
     model.save(str(path))
     return path
@@ -205,21 +217,27 @@ def test_safe_head_fix_keeps_the_outputs(safely_fixed):
 
 
 def test_safe_head_fix_makes_an_hxw_conv_and_pointwise_convs_of_the_same_names(safely_fixed):
+    """Each dense layer becomes a conv of its name, except the last: its name goes to the
+    final Flatten, so that the model's output names (what losses and predict() dicts are
+    keyed by) stay the same, and its conv is ``<name>_conv``."""
     name, original, model, _ = safely_fixed
     first, kernel, later = HEADS[name]
     before, after = load(original), load(model)
-    conv = layer_at(after, first)
+    last = [first, *later][-1]
+    conv = layer_at(after, conv_of(first, name))
     assert type(conv).__name__ == "Conv2D" and tuple(conv.kernel_size) == kernel and conv.padding == "valid"
     assert conv.activation.__name__ == layer_at(before, first).activation.__name__
     for dense in later:
-        pointwise = layer_at(after, dense)
+        pointwise = layer_at(after, conv_of(dense, name))
         assert type(pointwise).__name__ == "Conv2D" and tuple(pointwise.kernel_size) == (1, 1)
         assert pointwise.activation.__name__ == layer_at(before, dense).activation.__name__
+    assert type(layer_at(after, last)).__name__ == "Flatten"
     # same parameters, layer by layer
     for dense in [first, *later]:
-        assert params(layer_at(after, dense)) == params(layer_at(before, dense))
+        assert params(layer_at(after, conv_of(dense, name))) == params(layer_at(before, dense))
     assert after.count_params() == before.count_params()
     assert [tuple(o.shape) for o in after.outputs] == [tuple(o.shape) for o in before.outputs]
+    assert output_names(after) == output_names(before)
 
 
 def test_relinting_after_the_safe_fix_reports_no_pw001(safely_fixed):
@@ -255,8 +273,9 @@ def test_sequential_without_an_input_layer(tmp_path):
     fix_json(path, "--fix")
     assert_same_outputs(original, path)
     fixed = load(path)
-    conv = fixed.get_layer("fc")
+    conv = fixed.get_layer("fc_conv")
     assert type(conv).__name__ == "Conv2D" and tuple(conv.kernel_size) == (4, 4)
+    assert output_names(fixed) == ["fc"]
 
 
 # PW001 unsafe: global pooling + pointwise ------------------------------------------------
@@ -276,9 +295,9 @@ def test_unsafe_pool_fix_cuts_the_first_layer_by_hxw(name, tmp_path):
     channels = fan_in // (height * width)
     # the weights fall by H*W, the bias stays
     assert params(dense) == height * width * channels * units + units
-    assert params(layer_at(after, first)) == channels * units + units
+    assert params(layer_at(after, conv_of(first, name))) == channels * units + units
     for name_ in later:
-        assert params(layer_at(after, name_)) == params(layer_at(before, name_))
+        assert params(layer_at(after, conv_of(name_, name))) == params(layer_at(before, name_))
     assert after.count_params() == before.count_params() - (height * width - 1) * channels * units
     pools = [layer for layer in _leaves(after) if type(layer).__name__ == "GlobalAveragePooling2D"]
     assert len(pools) == 1 and pools[0].keepdims
