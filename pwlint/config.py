@@ -60,7 +60,10 @@ class Settings:
 
 
 def describe_validation_error(error: ValidationError, table: str, unknown: str = "key") -> str:
-    """One line naming the offending key of a pydantic error."""
+    """One line naming the offending key of a pydantic error (callers catch ValueError, of
+    which ValidationError is one, so as not to import pydantic: any other says itself)."""
+    if not hasattr(error, "errors"):
+        return f"{table}: invalid value: {error}"
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(table)"
     if first["type"] == "extra_forbidden":

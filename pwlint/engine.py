@@ -12,6 +12,7 @@ from typing import Iterable
 from pwlint.config import ConfigResolver, Settings, describe_validation_error
 from pwlint.errors import ConfigError, PwlintError
 from pwlint.findings import Finding, Severity
+from pwlint.loaders.files import require_plausible_sizes
 from pwlint.plugins import Registry
 from pwlint.rule import Rule, RuleOptions
 from pwlint.signature import finding_signature
@@ -178,6 +179,8 @@ class Linter:
         file_result.format = loader.name
         try:
             graph = loader.load(path)
+            # every format, plugins' too: sizes no real model has are refused, not linted
+            require_plausible_sizes(graph, path)
         except PwlintError as exc:
             file_result.error = str(exc)
             return file_result

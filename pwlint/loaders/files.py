@@ -45,9 +45,13 @@ MAX_PARAMS = 2**44
 
 def require_plausible_sizes(graph, path: str) -> None:
     """A clear one-line error for a loaded graph whose tensors or layers are impossibly large."""
+    checked: set = set()  # a large graph repeats a few shapes many times
     for layer in graph.layers():
         for shape in (*layer.input_shapes, *layer.output_shapes):
-            problem = _implausible_shape(shape) if shape is not None else None
+            if shape is None or shape in checked:
+                continue
+            checked.add(shape)
+            problem = _implausible_shape(shape)
             if problem:
                 raise LoadError(f"{path}: layer '{layer.name}' has {problem}: not a real model")
         if not 0 <= layer.params <= MAX_PARAMS:

@@ -67,7 +67,6 @@ def __getattr__(name: str):
 
 
 def load(path: str) -> ModelGraph:
-    from pwlint.loaders.files import require_plausible_sizes
     from pwlint.loaders.keras_config import is_model_entry, parse_model
     from pwlint.loaders.keras_graph import GraphBuilder
     from pwlint.loaders.keras_read import open_keras
@@ -87,7 +86,6 @@ def load(path: str) -> ModelGraph:
             graph = GraphBuilder(model, spec, weights).build()
         except MALFORMED as exc:
             raise LoadError(f"{path}: malformed Keras model config ({type(exc).__name__}: {exc})") from None
-    require_plausible_sizes(graph, path)
     return graph
 
 

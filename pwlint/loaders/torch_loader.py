@@ -20,7 +20,6 @@ from __future__ import annotations
 from pwlint.errors import LoadError
 from pwlint.hookspecs import hookimpl
 from pwlint.ir import ModelGraph
-from pwlint.loaders.files import require_plausible_sizes
 from pwlint.loaders.torch_archive import classify, not_a_zip, open_archive, refuse_pickle
 
 
@@ -57,7 +56,6 @@ def load(path: str) -> ModelGraph:
     except DAMAGE as exc:
         raise LoadError(f"{path}: unexpected content in the {fmt} program ({type(exc).__name__}: {exc})") from exc
     graph.meta["container"] = fmt
-    require_plausible_sizes(graph, path)
     return graph
 
 

@@ -189,12 +189,27 @@ def test_huge_or_negative_dimension_in_a_shape_is_read_without_allocating(tmp_pa
     linted(write(tmp_path, "m.onnx", corpus.huge_declared_dims(where, dim)))
 
 
+def test_dimensions_each_within_the_limit_but_absurd_together_are_refused(tmp_path, onnx_text):
+    """2**40 x 2**40 passes the per-dimension limit; the element count is what no model
+    has. The engine checks every loaded graph this way, whatever its format."""
+    path = onnx_text(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[{2**40},{2**40}] x) => (float[{2**40},{2**40}] y)
+        {{
+            [r] y = Relu (x)
+        }}
+    """, name="m.onnx")
+    refused(path, "over 2**50 elements")
+
+
 def test_reshape_to_an_absurd_shape_is_read_without_allocating(tmp_path):
     linted(write(tmp_path, "m.onnx", corpus.huge_declared_dims("reshape", 2**62)))
 
 
 def test_constant_of_shape_with_an_absurd_shape_is_not_materialised(tmp_path):
-    linted(write(tmp_path, "m.onnx", corpus.huge_constant_of_shape(2**31)))
+    # 2**31 x 2**31 inferred, never allocated (the run stays small), then refused as no model
+    refused(write(tmp_path, "m.onnx", corpus.huge_constant_of_shape(2**31)), "'fill'", "over 2**50 elements")
+    linted(write(tmp_path, "small.onnx", corpus.huge_constant_of_shape(2**20)))
 
 
 @pytest.mark.parametrize("dim", [10**12, 2**62])
