@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from pwlint.config import ConfigResolver, Settings, describe_validation_error
+from pwlint.coverage import measure
 from pwlint.errors import ConfigError, PwlintError
 from pwlint.findings import Finding, Severity
 from pwlint.loaders.files import require_plausible_sizes
@@ -31,9 +32,13 @@ class FileResult:
     fix: object = None
     #: the codes of the rules that ran on this file (selection and per-file ignores applied)
     checked_codes: set[str] = field(default_factory=set)
+    #: a pwlint.coverage.Coverage once the model is loaded
+    coverage: object = None
 
     def to_json(self) -> dict:
         data = {"path": self.path, "format": self.format, "error": self.error}
+        if self.coverage is not None:
+            data["coverage"] = self.coverage.to_json()
         if self.fix is not None:
             data["fix"] = self.fix.to_json()
         return data
@@ -50,6 +55,11 @@ class LintResult:
     @property
     def errors(self) -> list[FileResult]:
         return [f for f in self.files if f.error]
+
+    @property
+    def incomplete(self) -> list[FileResult]:
+        """Models read, but with places the rules could not look (see pwlint.coverage)."""
+        return [f for f in self.files if not f.error and f.coverage is not None and not f.coverage.complete]
 
     def failing(self) -> list[Finding]:
         return [
@@ -137,11 +147,15 @@ def discover(paths: Iterable[str], suffixes: tuple[str, ...]) -> list[str]:
 
 
 class Linter:
-    def __init__(self, registry: Registry, resolver: ConfigResolver, fix_mode=None) -> None:
+    def __init__(
+        self, registry: Registry, resolver: ConfigResolver, fix_mode=None, *, allow_missing_weights: bool = False,
+    ) -> None:
         self.registry = registry
         self.resolver = resolver
         #: a pwlint.fixer.FixMode when fixing, None when only linting
         self.fix_mode = fix_mode
+        #: lint a model whose weights are missing from its shapes alone (--allow-missing-weights)
+        self.allow_missing_weights = allow_missing_weights
         self._rulesets: dict[int, RuleSet] = {}
 
     def ruleset(self, settings: Settings) -> RuleSet:
@@ -181,6 +195,7 @@ class Linter:
             graph = loader.load(path)
             # every format, plugins' too: sizes no real model has are refused, not linted
             require_plausible_sizes(graph, path)
+            file_result.coverage = self.understood(graph, path)
         except PwlintError as exc:
             file_result.error = str(exc)
             return file_result
@@ -194,6 +209,21 @@ class Linter:
         except PwlintError as exc:
             file_result.error = str(exc)
         return file_result
+
+    def understood(self, graph, path: str):
+        """The graph's coverage; a model pwlint cannot check at all, or whose weights are
+        missing (unless allowed), is a load error rather than a silent pass."""
+        missing = graph.meta.get("missing_weights")
+        if missing and not self.allow_missing_weights:
+            raise PwlintError(
+                f"{path}: {missing}; pass --allow-missing-weights to lint the architecture from its shapes alone"
+            )
+        coverage = measure(graph)
+        if not coverage.layers:
+            raise PwlintError(f"{path}: the model has no layers, so there is nothing pwlint could check")
+        if not coverage.recognised:
+            raise PwlintError(f"{path}: {coverage.unchecked[0]}, so pwlint cannot check this model")
+        return coverage
 
     def check_graph(self, graph, path: str, settings: Settings, checked: set[str] | None = None) -> list[Finding]:
         """Run the rules selected for ``path`` on ``graph``; their codes are added to ``checked``."""
@@ -215,6 +245,7 @@ class Linter:
                 finding.severity = finding.severity or severity
                 finding.unsafe_allowed = bool(self.fix_mode and self.fix_mode.unsafe)
                 finding.signature = finding_signature(graph, rule.code, finding.nodes)
+                finding.modules = [graph.layer(n).module if n in graph else None for n in finding.nodes]
                 found.append(finding)
         return found
 

@@ -62,6 +62,14 @@ class Finding:
     unsafe_allowed: bool = False
     #: the rule and the flagged layers' structure, hashed (pwlint.signature); names excluded
     signature: str = ""
+    #: for each of ``nodes``, the module path the file records for it (``classifier.1``), or None
+    modules: list[str | None] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """``nodes`` as messages name them: ``classifier.1 (node_linear)`` where a module path is known."""
+        modules = self.modules or [None] * len(self.nodes)
+        return [f"{m} ({n})" if m and m != n else n for n, m in zip(self.nodes, modules)]
 
     @property
     def fix(self) -> Fix | None:
@@ -81,5 +89,6 @@ class Finding:
             "severity": self.severity.value if self.severity else None,
             "message": self.message,
             "nodes": list(self.nodes),
+            "modules": list(self.modules) if self.modules else [None] * len(self.nodes),
             "fix": self.fix.to_json() if self.fix else None,
         }

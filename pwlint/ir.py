@@ -29,6 +29,12 @@ class Layer:
     ``name`` is the name a user recognises in the source file; ``members`` lists
     every source node folded into this layer (MatMul+Add become one dense layer).
     ``source`` is a handle for the format's fix backend only; rules must not use it.
+
+    ``understood`` is False for an operator the loader does not know at all (a custom
+    ONNX domain, a custom Keras class, a non-ATen torch target): coverage counts these,
+    and a model where nothing was understood is never called clean. ``module`` is the
+    source-code path the file records for a node whose own name is generated
+    (``classifier.1`` for dynamo's ``node_linear``); messages show :attr:`label`.
     """
 
     name: str
@@ -41,12 +47,22 @@ class Layer:
     layout: str | None = None
     members: tuple[str, ...] = ()
     source: Any = None
+    understood: bool = True
+    module: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown layer kind {self.kind!r}")
         if not self.members:
             self.members = (self.name,)
+
+    @property
+    def label(self) -> str:
+        """How messages name the layer: ``classifier.1 (node_linear)`` where the file
+        records a module path for a generated node name, else the name itself."""
+        if self.module and self.module != self.name:
+            return f"{self.module} ({self.name})"
+        return self.name
 
     @property
     def output_shape(self) -> Shape | None:
@@ -123,7 +139,12 @@ class ModelGraph:
         self.graph = nx.DiGraph()
         #: trainable parameters of the whole model, counting shared weights once
         self.total_params = 0
-        #: facts a loader wants to pass on, e.g. {"opset": 17}
+        #: facts a loader passes on. Keys with a meaning beyond the loader:
+        #: ``norm_folding``: "possible" where the format's exporters fold BatchNorm into
+        #: convolutions (ONNX eval exports); absent means normalisation stays as written.
+        #: ``missing_weights``: what is missing (an absent external data file, removed
+        #: weight members); the engine refuses the model unless told to lint from shapes.
+        #: ``producer``: the tool that wrote the file, when it says ("pytorch 2.13").
         self.meta: dict[str, Any] = {}
 
     # building -----------------------------------------------------------

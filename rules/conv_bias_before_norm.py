@@ -47,7 +47,7 @@ def check(graph: ModelGraph, options: NoOptions):
         norm_name = CANCELLING_NORMS[norm.attrs["norm_type"]]
         fix = Fix(
             "safe",
-            f"drop the bias of '{conv.name}'"
+            f"drop the bias of '{conv.label}'"
             + (" and fold it into the BatchNorm's running mean" if norm.attrs["norm_type"] == "batch" else ""),
             action="fold-bias-into-norm",
             plan={"conv": conv.name, "norm": norm.name, "norm_type": norm.attrs["norm_type"]},
@@ -55,7 +55,7 @@ def check(graph: ModelGraph, options: NoOptions):
         )
         yield Finding(
             message=(
-                f"conv {conv.name} has a bias of {count}parameters that {norm_name} {norm.name} "
+                f"conv {conv.label} has a bias of {count}parameters that {norm_name} {norm.label} "
                 "cancels by subtracting the mean; drop the bias"
             ),
             nodes=[conv.name, norm.name],

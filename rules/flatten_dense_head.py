@@ -103,7 +103,7 @@ def _stop(graph: ModelGraph, last: Layer) -> str:
     dense = sole_consumer(graph, blocker, through=lambda layer: layer.kind in ("act", "norm") or is_transparent(layer))
     if dense is None or dense.kind != "dense":
         return ""
-    return f"; '{dense.name}' stays dense: the {blocker.op} '{blocker.name}' before it works across the features"
+    return f"; '{dense.label}' stays dense: the {blocker.op} '{blocker.label}' before it works across the features"
 
 
 def check(graph: ModelGraph, options: Options):
@@ -153,7 +153,7 @@ def _undecided(flat: Layer, dense: Layer) -> Finding:
     return Finding(
         severity=Severity.INFO,
         message=(
-            f"could not decide whether {flat.op} '{flat.name}' feeding dense layer '{dense.name}' "
+            f"could not decide whether {flat.op} '{flat.label}' feeding dense layer '{dense.label}' "
             "flattens a spatial feature map: the shape of its input is not known from the file"
         ),
         nodes=[flat.name, dense.name],
@@ -168,7 +168,7 @@ def _finding(
     units = dense.attrs.get("out_features")
     features = chans * count
     size = "x".join(map(str, positions)) if positions else f"HxW (H*W = {count}, H and W dynamic)"
-    message = f"{flat.op} '{flat.name}' turns a {chans}x{size} feature map into dense layer '{dense.name}'"
+    message = f"{flat.op} '{flat.label}' turns a {chans}x{size} feature map into dense layer '{dense.label}'"
     fixes = []
     if units and chans:
         pointwise_first = chans * units + (units if dense.attrs.get("bias") else 0)
@@ -205,13 +205,13 @@ def _fixes(
     return [
         Fix(
             "safe",
-            f"convolutionalise: replace '{head[0].name}' by a {kernel} conv{rest}; same parameters and "
+            f"convolutionalise: replace '{head[0].label}' by a {kernel} conv{rest}; same parameters and "
             "outputs at this input size, and the head accepts larger inputs",
             action="convolutionalise-head", plan=plan, blocked=blocked,
         ),
         Fix(
             "unsafe",
-            f"global average pooling + pointwise (1x1) conv in place of '{head[0].name}': "
+            f"global average pooling + pointwise (1x1) conv in place of '{head[0].label}': "
             f"{human(before)} -> {human(after)} parameters ({ratio(before, after)} fewer), weights summed "
             "over positions (exact only for spatially constant features): fine-tune the model afterwards",
             action="pool-pointwise-head", plan=plan, blocked=blocked,

@@ -116,7 +116,7 @@ def check(graph: ModelGraph, options: NoOptions):
     for conv, successor in unnormalised:
         yield Finding(
             message=(
-                f"conv {conv.name} feeds {successor.kind} {successor.name} without normalisation "
+                f"conv {conv.label} feeds {successor.kind} {successor.label} without normalisation "
                 "in between; unnormalised activations make deep stacks slow and unstable to train"
             ),
             nodes=[conv.name, successor.name],

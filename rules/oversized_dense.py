@@ -77,7 +77,7 @@ def check(graph: ModelGraph, options: Options):
         macs = f" and {human(fan_in * fan_out)} MACs per sample" if fan_in and fan_out else ""
         yield Finding(
             message=(
-                f"{what} {layer.name}{shape} has {human(layer.params)} parameters{share}{macs}, "
+                f"{what} {layer.label}{shape} has {human(layer.params)} parameters{share}{macs}, "
                 f"over the limit of {human(options.max_params)}"
             ),
             nodes=[layer.name],
@@ -92,7 +92,7 @@ def _svd_fix(dense, options: Options) -> Fix:
     )
     return Fix(
         "unsafe",
-        f"factorise '{dense.name}' into two dense layers by truncated SVD, keeping {target}; "
+        f"factorise '{dense.label}' into two dense layers by truncated SVD, keeping {target}; "
         "changes outputs (the relative error is reported): fine-tune afterwards",
         action="factorise-dense",
         plan={"dense": dense.name, "energy": options.svd_energy, "target_params": options.svd_target_params},

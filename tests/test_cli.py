@@ -189,7 +189,8 @@ def test_unknown_format_is_one_line(pwlint, all_rules_model, fmt):
 
 TOP_KEYS = {"version", "files", "findings"}
 FILE_KEYS = {"path", "format", "error"}
-FINDING_KEYS = {"path", "code", "rule", "severity", "message", "nodes", "fix"}
+COVERAGE_KEYS = {"layers", "recognised", "shapes_known", "unknown_ops", "unchecked"}
+FINDING_KEYS = {"path", "code", "rule", "severity", "message", "nodes", "modules", "fix"}
 
 
 def check_json_contract(report: dict) -> None:
@@ -197,7 +198,13 @@ def check_json_contract(report: dict) -> None:
     assert report["version"] == __version__
     assert isinstance(report["files"], list) and isinstance(report["findings"], list)
     for file in report["files"]:
-        assert set(file) == FILE_KEYS
+        # a model that was read says how much of it pwlint understood; one that was not, why
+        assert set(file) == FILE_KEYS | ({"coverage"} if file["error"] is None else set())
+        if file["error"] is None:
+            coverage = file["coverage"]
+            assert set(coverage) == COVERAGE_KEYS
+            assert 0 <= coverage["recognised"] <= coverage["layers"] and 0 <= coverage["shapes_known"] <= coverage["layers"]
+            assert all(isinstance(op, str) and n > 0 for op, n in coverage["unknown_ops"].items())
         assert isinstance(file["path"], str)
         assert file["format"] is None or isinstance(file["format"], str)
         assert file["error"] is None or isinstance(file["error"], str)
@@ -209,6 +216,8 @@ def check_json_contract(report: dict) -> None:
         assert finding["severity"] in ("info", "warning", "error")
         assert isinstance(finding["nodes"], list)
         assert all(isinstance(node, str) for node in finding["nodes"])
+        assert len(finding["modules"]) == len(finding["nodes"])
+        assert all(module is None or isinstance(module, str) for module in finding["modules"])
         if finding["fix"] is not None:
             assert set(finding["fix"]) == {"applicability", "description"}
             assert finding["fix"]["applicability"] in ("safe", "unsafe")
@@ -220,7 +229,8 @@ def test_json_matches_the_contract(pwlint, all_rules_model):
     assert run.code == 1
     report = json.loads(run.out)
     check_json_contract(report)
-    assert report["files"] == [{"path": str(all_rules_model), "format": "onnx", "error": None}]
+    coverage = {"layers": 5, "recognised": 5, "shapes_known": 5, "unknown_ops": {}, "unchecked": []}
+    assert report["files"] == [{"path": str(all_rules_model), "format": "onnx", "error": None, "coverage": coverage}]
     by_code = {f["code"]: f for f in report["findings"]}
     assert sorted(by_code) == ["PW001", "PW004"]
     head = by_code["PW001"]

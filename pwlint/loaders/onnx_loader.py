@@ -49,6 +49,9 @@ NORM_TYPES = {
     "SimplifiedLayerNormalization": "rms", "SkipLayerNormalization": "layer",
     "RMSNormalization": "rms",
 }
+#: operator domains whose operators pwlint knows the meaning of (the standard ones and
+#: onnxruntime's contrib operators); anything else is a custom operator it cannot judge
+KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"})
 #: BatchNormalization inputs that are running statistics, not trainable values
 NON_TRAINABLE_INPUTS = {"BatchNormalization": frozenset({3, 4})}
 
@@ -59,6 +62,12 @@ class _Builder:
         self.index = NodeIndex(model)
         self.graph = ModelGraph(path, "onnx")
         self.graph.meta["opset"] = model.opset
+        # eval-mode exporters fold Conv+BatchNorm: a conv without a norm may have had one
+        self.graph.meta["norm_folding"] = "possible"
+        proto = model.proto
+        producer = f"{getattr(proto, 'producer_name', '')} {getattr(proto, 'producer_version', '')}".strip()
+        if producer:
+            self.graph.meta["producer"] = producer
         self.unique = UniqueNames()
         self.producer_layer: dict[str, str] = {}
         self.trainable: dict[str, int] = {}
@@ -165,7 +174,7 @@ class _Builder:
             input_shapes=[shapes.get(t) for t in data_inputs],
             output_shapes=[shapes.get(t) for t in outputs],
             layout="NCHW", members=(name,) if single else (name, *(n.display_name for n in nodes[1:])),
-            source=nodes,
+            source=nodes, understood=all(n.domain in KNOWN_DOMAINS for n in nodes),
         )
 
     def _describe(self, kind_hint: str | None, nodes: list[Node], data_inputs: list[str]) -> tuple[str, dict]:

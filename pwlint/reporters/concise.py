@@ -1,6 +1,7 @@
 """``--format concise``: one line per finding, ``path:node: CODE message``, and nothing else.
 
-``node`` is the first layer the finding names (``-`` when it names none). There is no
+``node`` is the first layer the finding names (``-`` when it names none), with its
+module path first where the file records one (``classifier.1 (node_linear)``). There is no
 summary, and files that could not be read are left to the errors on stderr.
 """
 
@@ -19,7 +20,7 @@ class ConciseReporter:
     @staticmethod
     def report(result, stream) -> None:
         for finding in result.findings:
-            node = finding.nodes[0] if finding.nodes else "-"
+            node = finding.labels[0] if finding.nodes else "-"
             stream.write(f"{finding.path}:{one_line(node)}: {finding.code} {one_line(finding.message)}\n")
 
 

@@ -11,6 +11,7 @@ message. Files that could not be read are ``::error`` annotations titled ``pwlin
 from __future__ import annotations
 
 from pwlint.hookspecs import hookimpl
+from pwlint.reporters.text import coverage_note
 
 #: the workflow command for each severity
 COMMANDS = {"info": "notice", "warning": "warning", "error": "error"}
@@ -39,6 +40,9 @@ class GithubReporter:
         for file in result.files:
             if file.error:
                 stream.write(command("error", file.error, file=file.path, line=1, title="pwlint") + "\n")
+            elif file in result.incomplete:
+                note = coverage_note(file)
+                stream.write(command("notice", note, file=file.path, line=1, title="pwlint (coverage)") + "\n")
             for finding in file.findings:
                 severity = finding.severity.value if finding.severity else "warning"
                 stream.write(command(

@@ -105,7 +105,10 @@ def result_entry(finding, index: dict[str, int], ordinal: int = 0) -> dict:
     uri = artifact_uri(finding.path)
     location = _location(uri)
     if finding.nodes:
-        location["logicalLocations"] = [{"name": node, "kind": "module"} for node in finding.nodes]
+        location["logicalLocations"] = [
+            {"name": node, "fullyQualifiedName": label, "kind": "module"}
+            for node, label in zip(finding.nodes, finding.labels)
+        ]
     entry = {"ruleId": finding.code}
     if finding.code in index:
         entry["ruleIndex"] = index[finding.code]
@@ -141,6 +144,13 @@ def as_sarif(result, rules=None) -> dict:
             "locations": [_location(artifact_uri(file.path))],
         }
         for file in result.errors
+    ] + [
+        {
+            "level": "note",
+            "message": {"text": f"{file.path}: not fully checked: {'; '.join(file.coverage.unchecked)}"},
+            "locations": [_location(artifact_uri(file.path))],
+        }
+        for file in result.incomplete
     ]
     invocation = {"executionSuccessful": not result.errors}
     if notifications:

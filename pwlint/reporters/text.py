@@ -16,9 +16,20 @@ class TextReporter:
         for file in result.files:
             if file.fix is not None:
                 stream.write(fix_summary(file.fix) + "\n")
+        for file in result.incomplete:
+            stream.write(coverage_note(file) + "\n")
         for finding in result.findings:
             stream.write(finding_line(finding) + "\n")
         stream.write(summary(result) + "\n")
+
+
+def coverage_note(file) -> str:
+    """One line saying where the rules of a model could not look (pwlint.coverage)."""
+    coverage = file.coverage
+    return (
+        f"{file.path}: note: not fully checked ({coverage.recognised} of {coverage.layers} layers recognised): "
+        + "; ".join(coverage.unchecked)
+    )
 
 
 def finding_line(finding) -> str:
@@ -66,12 +77,16 @@ def summary(result) -> str:
     linted = len(result.files) - len(result.errors)
     files = f"{linted} model{'s' if linted != 1 else ''}"
     errors = f", {len(result.errors)} could not be read" if result.errors else ""
+    incomplete = len(result.incomplete)
+    unchecked = f", {incomplete} not fully checked (see the notes above)" if incomplete else ""
     if not findings:
-        return f"No findings in {files}{errors}." if result.errors else f"All checks passed ({files})."
+        if result.errors or incomplete:
+            return f"No findings in {files}{errors}{unchecked}."
+        return f"All checks passed ({files})."
     by_severity = Counter(f.severity for f in findings)
     detail = ", ".join(f"{n} {s.value}" for s, n in sorted(by_severity.items(), key=lambda i: -i[0].rank))
     plural = "s" if len(findings) != 1 else ""
-    return f"Found {len(findings)} finding{plural} ({detail}) in {files}{errors}."
+    return f"Found {len(findings)} finding{plural} ({detail}) in {files}{errors}{unchecked}."
 
 
 @hookimpl
