@@ -144,7 +144,7 @@ def check(graph: ModelGraph, options: Options):
                 chans = fan_in // count
         if count < options.min_positions:
             continue
-        yield _finding(graph, flat, dense, chans, layout, positions, count)
+        yield _finding(graph, flat, dense, chans, layout, positions, count, shown_layout=conv.layout or "NCHW")
 
 
 def _undecided(flat: Layer, dense: Layer) -> Finding:
@@ -161,14 +161,17 @@ def _undecided(flat: Layer, dense: Layer) -> Finding:
 
 
 def _finding(
-    graph: ModelGraph, flat: Layer, dense: Layer, chans: int, layout: str, positions: tuple | None, count: int
+    graph: ModelGraph, flat: Layer, dense: Layer, chans: int, layout: str, positions: tuple | None, count: int,
+    shown_layout: str = "NCHW",
 ) -> Finding:
     head = _head(graph, dense)
     head_params = sum(layer.params for layer in head)
     units = dense.attrs.get("out_features")
     features = chans * count
     size = "x".join(map(str, positions)) if positions else f"HxW (H*W = {count}, H and W dynamic)"
-    message = f"{flat.op} '{flat.label}' turns a {chans}x{size} feature map into dense layer '{dense.label}'"
+    # printed in the model's own layout: 512x7x7 for channels-first, 7x7x512 for channels-last
+    feature_map = f"{size}x{chans}" if shown_layout == "NHWC" else f"{chans}x{size}"
+    message = f"{flat.op} '{flat.label}' turns a {feature_map} feature map into dense layer '{dense.label}'"
     fixes = []
     if units and chans:
         pointwise_first = chans * units + (units if dense.attrs.get("bias") else 0)

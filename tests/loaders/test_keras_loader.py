@@ -79,7 +79,7 @@ def test_lenet_flatten_dense_head_names_keras_layers(keras_file, fmt):
     assert report["files"][0]["format"] == "keras"
     assert finding_nodes(report, "PW001") == [["flatten", "fc1"]]
     message = findings(report, "PW001")[0]["message"]
-    assert "16x4x4" in message and "256 -> 120" in message
+    assert "4x4x16" in message and "256 -> 120" in message  # channels-last, as the model lays it out
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
