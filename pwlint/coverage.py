@@ -82,8 +82,8 @@ def measure(graph: ModelGraph) -> Coverage:
         where = ""
         if weighty:
             held = sum(layer.params for layer in weighty)
-            where = (f"; {_names(weighty)} hold {human(held)} parameters, where a conv or dense layer "
-                     "may be that no rule could check")
+            verb = "holds" if len(weighty) == 1 else "hold"
+            where = f"; {_names(weighty)} {verb} {human(held)} parameters: a conv or dense layer there goes unchecked"
         n = sum(unknown.values())
         notes.append(f"{n} layer{'s' if n != 1 else ''} of operators pwlint does not know ({_ops(unknown)}){where}")
     if blind_flattens:

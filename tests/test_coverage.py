@@ -101,3 +101,15 @@ def test_ci_formats_carry_the_coverage_note(pwlint, custom_dense, tmp_path):
     (note,) = sarif["runs"][0]["invocations"][0]["toolExecutionNotifications"]
     assert note["level"] == "note" and "FusedDense" in note["message"]["text"]
     assert sarif["runs"][0]["invocations"][0]["executionSuccessful"] is True
+
+
+def test_readme_coverage_sample_is_real_output(pwlint, custom_dense, monkeypatch):
+    """The README's "not fully checked" sample is what pwlint prints for this model."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^\$ pwlint custom\.onnx\n(.*?)\n```", readme, re.M | re.S).group(1)
+    monkeypatch.chdir(custom_dense.parent)
+    custom_dense.rename("custom.onnx")
+    assert pwlint("custom.onnx").out.strip() == block.strip()
