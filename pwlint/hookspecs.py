@@ -30,6 +30,25 @@ def pwlint_register_loaders(register):
     A loader has ``name`` (the format, e.g. ``"onnx"``), ``suffixes`` (lower-case
     file endings such as ``(".onnx",)``) and ``load(path) -> ModelGraph``, which
     raises :class:`pwlint.errors.LoadError` for a file it cannot read.
+
+    Optional:
+
+    - ``discovered``: the endings a folder is searched for, when not all of
+      ``suffixes`` (``.pt`` is read when named, but in a folder it is most often a
+      pickled checkpoint);
+    - ``sniff(path, head) -> bool``: whether the file is of this format, judged from
+      ``head``, its first 4096 bytes (read more from ``path`` only if a format needs
+      it, e.g. a zip's member list). Files are matched by content, and the suffix
+      only breaks ties between loaders that both recognise a file; a file named
+      ``model.bin`` that is ONNX goes to the ONNX loader. A loader without ``sniff``
+      is matched by its suffixes, as before, and a file whose suffix belongs to it
+      goes to it without any other loader looking at the content. ``sniff`` must be
+      cheap and must not raise (an exception counts as "not mine").
+
+    A loader may set ``graph.meta["missing_weights"]`` to a sentence naming what is
+    missing (an absent external data file, weight members removed from an
+    archive): the model is then refused (exit 2) unless the user passes
+    ``--allow-missing-weights``.
     """
 
 

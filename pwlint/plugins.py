@@ -10,7 +10,7 @@ from functools import lru_cache
 import pluggy
 
 from pwlint import hookspecs
-from pwlint.errors import PwlintError
+from pwlint.errors import LoadError, PwlintError
 
 ENTRY_POINT_GROUP = "pwlint"
 DISABLE_AUTOLOAD_ENV = "PWLINT_DISABLE_PLUGIN_AUTOLOAD"
@@ -44,11 +44,33 @@ class Registry:
     provided: dict = field(default_factory=dict)
 
     def loader_for(self, path: str):
+        """The loader for ``path``, chosen by content; the suffix only breaks ties.
+
+        - A file whose suffix first belongs to a loader without ``sniff`` goes to that
+          loader, as it always did: a plugin's format is never taken by a guess.
+        - Otherwise the loaders that can ``sniff(path, head)`` are asked; of several
+          that recognise the file, the one whose suffix it has wins, else the first.
+        - Content that is recognisably not a model (a Git LFS pointer, safetensors)
+          gets a :class:`RefusedFile`, whose ``load`` says why in one line.
+        - Else the suffix decides, so that a damaged ``.onnx`` still gets the ONNX
+          loader's own error, and None means no loader reads this file.
+        """
+        from pwlint.loaders import sniff
+
         lowered = path.lower()
-        for loader in self.loaders.values():
-            if lowered.endswith(tuple(loader.suffixes)):
-                return loader
-        return None
+        by_suffix = [loader for loader in self.loaders.values() if lowered.endswith(tuple(loader.suffixes))]
+        if by_suffix and not _can_sniff(by_suffix[0]):
+            return by_suffix[0]
+        head = sniff.read_head(path)
+        if not head:  # unreadable or empty: the loader says so in its own words
+            return by_suffix[0] if by_suffix else None
+        claimed = [loader for loader in self.loaders.values() if _can_sniff(loader) and _sniffs(loader, path, head)]
+        if claimed:
+            return next((loader for loader in claimed if loader in by_suffix), claimed[0])
+        reason = sniff.refusal(path, head)
+        if reason is not None:
+            return RefusedFile(reason)
+        return by_suffix[0] if by_suffix else None
 
     @property
     def suffixes(self) -> tuple[str, ...]:
@@ -61,6 +83,31 @@ class Registry:
         return tuple(
             s for loader in self.loaders.values() for s in getattr(loader, "discovered", loader.suffixes)
         )
+
+
+class RefusedFile:
+    """What :meth:`Registry.loader_for` gives for a file whose content shows it is not a
+    model (a Git LFS pointer, a safetensors file): loading it is a one-line error."""
+
+    name = None  # no format: JSON reports ``"format": null`` with the error
+    suffixes = ()
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def load(self, path: str):
+        raise LoadError(self.reason)
+
+
+def _can_sniff(loader) -> bool:
+    return callable(getattr(loader, "sniff", None))
+
+
+def _sniffs(loader, path: str, head: bytes) -> bool:
+    try:
+        return bool(loader.sniff(path, head))
+    except Exception:  # noqa: BLE001 - a plugin's broken sniff must not stop every file
+        return False  # being read: its suffix still routes files to it
 
 
 def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:

@@ -91,7 +91,16 @@ def load(path: str) -> ModelGraph:
 
 class KerasLoader:
     name = "keras"
-    suffixes = (".keras", ".h5")
+    #: ``.hdf5`` is the default suffix of Keras 2's ModelCheckpoint; files are recognised
+    #: by content (pwlint.loaders.sniff), these endings break ties
+    suffixes = (".keras", ".h5", ".hdf5")
+
+    @staticmethod
+    def sniff(path: str, head: bytes) -> bool:
+        """An HDF5 file (legacy .h5) or a zip with Keras 3's config.json."""
+        from pwlint.loaders.sniff import formats
+
+        return "keras" in formats(path, head)
 
     @staticmethod
     def load(path: str) -> ModelGraph:

@@ -316,6 +316,13 @@ class OnnxLoader:
     suffixes = (".onnx",)
 
     @staticmethod
+    def sniff(path: str, head: bytes) -> bool:
+        """A protobuf ModelProto, whatever the file is called."""
+        from pwlint.loaders.sniff import formats
+
+        return "onnx" in formats(path, head)
+
+    @staticmethod
     def load(path: str) -> ModelGraph:
         return load(path)
 

@@ -61,10 +61,20 @@ def load(path: str) -> ModelGraph:
 
 class TorchLoader:
     name = "torch"
-    suffixes = (".pt2", ".pt", ".pth")
-    #: folders are searched for .pt2 only: a .pt or .pth there is usually a pickled
-    #: checkpoint (refused, exit 2); TorchScript files are linted when named
-    discovered = (".pt2",)
+    #: files are recognised by content (pwlint.loaders.sniff); these endings break ties
+    #: and route files whose content is too damaged to recognise
+    suffixes = (".pt2", ".pt", ".pth", ".jit", ".torchscript", ".ts")
+    #: what a folder is searched for: a .pt or .pth there is usually a pickled
+    #: checkpoint (refused, exit 2) and .ts is TypeScript; such files are linted when named
+    discovered = (".pt2", ".jit", ".torchscript")
+
+    @staticmethod
+    def sniff(path: str, head: bytes) -> bool:
+        """A .pt2 or TorchScript archive, a torch.save zip or a legacy pickle (the last
+        two are refused with a hint to export the model)."""
+        from pwlint.loaders.sniff import formats
+
+        return "torch" in formats(path, head)
 
     @staticmethod
     def load(path: str) -> ModelGraph:
