@@ -66,3 +66,18 @@ def sole_consumer(graph: ModelGraph, layer: Layer, through: Callable[[Layer], bo
             return nxt
         seen.add(nxt.name)
         current = nxt
+
+
+#: padding operators by their base name: ONNX ``Pad``, Keras ``ZeroPadding2D``, ATen
+#: ``pad``/``constant_pad_nd``/``reflection_pad2d``/``replication_pad2d``/``circular_pad2d``
+_PADDING_OPS = frozenset({"pad", "constant_pad_nd", "zeropadding1d", "zeropadding2d", "zeropadding3d"})
+_PADDING_PREFIXES = ("reflection_pad", "replication_pad", "circular_pad", "_pad_")
+
+
+def is_padding(layer: Layer) -> bool:
+    """A layer that only pads its input (loaders give padding no kind of its own)."""
+    if layer.kind != "other":
+        return False
+    parts = layer.op.lower().split(".")
+    base = parts[1] if len(parts) >= 2 and parts[0] == "aten" else parts[0]
+    return base in _PADDING_OPS or base.startswith(_PADDING_PREFIXES)
