@@ -20,7 +20,7 @@ def test_json_contract_with_fix(exported, tmp_path):
     _, report = fix_json(clean, "--fix", "--config", str(config))
     assert set(report) == {"version", "files", "findings"}
     (file,) = report["files"]
-    assert set(file) == {"path", "format", "error", "fix"}
+    assert set(file) == {"path", "format", "error", "coverage", "fix"}
     fix = file["fix"]
     assert set(fix) == FIX_KEYS
     for outcome in fix["applied"] + fix["not_applied"]:
