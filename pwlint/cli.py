@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--diff", action="store_true", help="show what --fix would change and write nothing")
     check.add_argument("-o", "--output", metavar="PATH", help="with --fix, write the fixed model here and leave the source untouched; without it, write the report here (as --output-file)")
     check.add_argument("--no-verify", action="store_true", help="with --fix, skip the numeric check (the format's checker still runs)")
+    check.add_argument("--allow-missing-weights", action="store_true", help="lint a model whose weights are not there (absent external data, a .pt2 without its weight members) from its shapes alone instead of refusing it")
 
     rule = sub.add_parser("rule", help="show a rule's documentation")
     rule.add_argument("code", metavar="CODE", help="rule code or name, e.g. PW001 or flatten-dense-head")
@@ -158,7 +159,7 @@ def _check(registry, args) -> int:
         fix_mode = FixMode(unsafe=args.unsafe_fixes, verify=not args.no_verify, diff=args.diff, output=args.output)
     elif args.no_verify:
         raise PwlintError("--no-verify only makes sense with --fix")
-    linter = Linter(registry, ConfigResolver(overrides, args.config), fix_mode)
+    linter = Linter(registry, ConfigResolver(overrides, args.config), fix_mode, allow_missing_weights=args.allow_missing_weights)
     if args.output and len(linter.files(args.paths)) != 1:
         raise PwlintError("-o/--output takes exactly one model to fix")
     progress = None if args.quiet else _progress_on_terminal()

@@ -7,6 +7,9 @@ inference or the loader sees it, :func:`check_model` makes sure that
 - external data stays inside the model's folder (no ``..``, no absolute path,
   no symlink out), even though linting never reads the payload: the fix
   backend does, and a gate that passes such a file has already let it through;
+- external data that is not there (its file absent, or a Git LFS pointer in its
+  place) is listed for the loader inside :func:`collecting_missing_data`, which
+  turns it into ``graph.meta["missing_weights"]``;
 - declared sizes are ones a real model could have: nodes, node inputs and
   outputs, list-attribute values, tensor ranks, dimensions and element counts,
   and inline data that matches its dims;
@@ -29,10 +32,14 @@ protobuf parses (nesting, node and attribute counts) is checked there too.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from pwlint.errors import LoadError
-from pwlint.loaders.onnx_tensor_checks import check_tensor, check_value_shape, shown, text
+from pwlint.loaders.onnx_tensor_checks import EXTERNAL, _external_file, check_tensor, check_value_shape, shown, text
 
 #: nodes in all graphs together; the largest real graphs (unrolled LLMs) have a few 100k
 MAX_NODES = 2_000_000
@@ -43,6 +50,49 @@ MAX_CONNECTIONS = 8_000_000
 MAX_ATTRIBUTE_VALUES = 4_000_000
 #: If/Loop/Scan bodies inside bodies; protobuf's parser stops near 33, real models at 3 or 4
 MAX_SUBGRAPH_DEPTH = 30
+
+@dataclass
+class MissingData:
+    """External data that is not there: the tensors that read it, and whether a Git LFS
+    pointer stands in its place (a checkout without LFS) or no file at all."""
+
+    lfs_pointer: bool
+    tensors: list[str] = field(default_factory=list)
+
+
+#: where :func:`check_model` lists external data that is not there while a loader
+#: collects it; None elsewhere (the fix backend then fails when it reads the data)
+_missing_data: ContextVar[dict | None] = ContextVar("pwlint_missing_external_data", default=None)
+
+
+@contextmanager
+def collecting_missing_data() -> Iterator[dict[str, MissingData]]:
+    """Within the block, a model read is not refused for external data that is absent
+    or a Git LFS pointer: each such file is listed by location in the dict this yields
+    (every other check still runs)."""
+    found: dict[str, MissingData] = {}
+    token = _missing_data.set(found)
+    try:
+        yield found
+    finally:
+        _missing_data.reset(token)
+
+
+def describe_missing_data(missing: dict[str, MissingData]) -> str:
+    """One sentence naming the data files that are not there, for ``missing_weights``."""
+    parts = []
+    for location, data in missing.items():
+        count = len(data.tensors)
+        which = f"{count} tensor{'s' if count != 1 else ''}, e.g. '{shown(data.tensors[0])}'"
+        if data.lfs_pointer:
+            parts.append(
+                f"its external data '{shown(location)}' ({which}) is a Git LFS pointer, not the "
+                "weights: run `git lfs pull` or check out with LFS"
+            )
+        else:
+            parts.append(f"its external data file '{shown(location)}' ({which}) is missing")
+    return "; ".join(parts)
+
 
 def node_label(node, position: int) -> str:
     """The name pwlint reports a node by (see onnx_read.Node.display_name)."""
@@ -174,7 +224,10 @@ def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, 
             _collect_attributes(attributes, subgraphs, tensors, budget, path)
         operators.check(node, position, op_type, domain, len(inputs), attributes, path)
     budget.spend("node inputs and outputs", connections, MAX_CONNECTIONS)
+    missing = _missing_data.get()
     for tensor in tensors:
+        if missing is not None and tensor.data_location == EXTERNAL and _data_absent(tensor, path, folder, missing):
+            continue
         check_tensor(tensor, path, folder)
     for value in (*graph.input, *graph.output, *graph.value_info):
         check_value_shape(value, path)
@@ -186,6 +239,33 @@ def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, 
     _check_wiring(graph.node, inputs_of, producer, available, outer, path)
     scope = (*outer, available, producer)
     return [(subgraph, scope) for subgraph in subgraphs]
+
+
+def _data_absent(tensor, path, folder: str, missing: dict[str, list[str]]) -> bool:
+    """Whether the external data of ``tensor`` is not there (no file, or a Git LFS
+    pointer in its place); if so it is listed in ``missing``, after the checks that do
+    not need the data: its location (inside the model's folder), its dims, its offset
+    and length."""
+    from pwlint.loaders.sniff import is_lfs_pointer, read_head
+
+    location = next((text(e.value, path) for e in tensor.external_data if text(e.key, path) == "location"), "")
+    target = _external_file(location, shown(text(tensor.name, path)), path, folder)
+    lfs_pointer = False
+    if os.path.exists(target):
+        head = read_head(target)
+        lfs_pointer = bool(head) and is_lfs_pointer(head)
+        if not lfs_pointer:
+            return False
+    # the dims and the offset/length entries are checked as for any external tensor, on a
+    # copy whose data points nowhere: there is no file whose size they could be held to
+    shadow = type(tensor)()
+    shadow.CopyFrom(tensor)
+    for entry in shadow.external_data:
+        if entry.key == "location":
+            entry.value = os.path.join(location, ".pwlint-absent", "data")
+    check_tensor(shadow, path, folder)
+    missing.setdefault(location, MissingData(lfs_pointer)).tensors.append(text(tensor.name, path))
+    return True
 
 
 def _collect_attributes(attributes, subgraphs: list, tensors: list, budget: _Budget, path) -> None:

@@ -324,7 +324,15 @@ class OnnxLoader:
 
     @staticmethod
     def load(path: str) -> ModelGraph:
-        return load(path)
+        """The graph; external data that is absent (or a Git LFS pointer) is named in
+        ``graph.meta["missing_weights"]``, which the engine refuses unless allowed."""
+        from pwlint.loaders.onnx_guard import collecting_missing_data, describe_missing_data
+
+        with collecting_missing_data() as missing:
+            graph = load(path)
+        if missing:
+            graph.meta["missing_weights"] = describe_missing_data(missing)
+        return graph
 
 
 @hookimpl

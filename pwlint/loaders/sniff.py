@@ -70,9 +70,9 @@ def read_head(path: str) -> bytes | None:
     """The first :data:`HEAD_SIZE` bytes, or None for a path that cannot be read as a
     regular file (missing, a folder, a pipe): the loader says what is wrong with it."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # opening a FIFO would block, a device never ends
         with open(path, "rb") as stream:
-            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-                return None  # a FIFO would block, a device never ends
             return stream.read(HEAD_SIZE)
     except OSError:
         return None

@@ -335,9 +335,12 @@ def test_external_data_inside_the_folder_lints(model_folder, location):
     assert linted(path).code == 1  # the CNN's Flatten + Gemm head: PW001
 
 
-def test_external_data_of_a_model_without_its_data_file_lints(model_folder):
-    """Architecture shared without weights: linting needs shapes only."""
-    assert linted(write(model_folder, "m.onnx", corpus.external_weight("missing.bin"))).code == 1
+def test_external_data_of_a_model_without_its_data_file_is_refused_unless_allowed(model_folder):
+    """Missing weights are said, not passed over (issue 10); architecture shared without
+    weights is linted from its shapes when the user says so."""
+    path = write(model_folder, "m.onnx", corpus.external_weight("missing.bin"))
+    refused(path, "'missing.bin'", "'fc.weight'", "is missing", "--allow-missing-weights")
+    assert linted(path, "--allow-missing-weights").code == 1
 
 
 @pytest.mark.parametrize("key, value, phrase", [
