@@ -13,11 +13,19 @@ The archive is a zip with one top folder. pwlint reads only JSON members:
 Weight payloads, ``data/sample_inputs/*.pt``, pickled constants and anything else that
 is a pickle are never opened: ``torch.export.load`` unpickles such members with
 ``weights_only=False`` when they fail the safe load, so a linter must not call it.
+That the payload members are *there* is checked (by name): an archive whose weights
+were stripped gets ``meta["missing_weights"]`` naming them.
+
+Every node's ``target`` must be an operator (``torch.ops.<namespace>.<name>``) or one
+of the Python builtins torch.export writes (``_operator.getitem``, the symbolic-size
+arithmetic); anything else (``os.system``) is refused: torch resolves targets by name
+when it loads the file, so a program naming arbitrary functions is not one to lint.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from pwlint.errors import LoadError
 from pwlint.loaders.torch_archive import MAX_METADATA, MAX_PROGRAM, Archive
@@ -30,25 +38,121 @@ SCALAR_KINDS = {
 }
 
 
+#: ``torch.ops.<namespace>.<operator>[.<overload>]``: ATen, prims, higher-order and
+#: custom operators alike (custom ones become layers pwlint does not understand)
+TORCH_OPERATOR = re.compile(r"torch\.ops(\.[A-Za-z_][A-Za-z0-9_]*){2,3}")
+#: the Python functions torch.export serializes by module and name: getitem and the
+#: arithmetic and comparisons of symbolic sizes (torch._export.serde's _SYM_OPS)
+PYTHON_BUILTINS = frozenset({
+    *(f"_operator.{name}" for name in (
+        "getitem", "eq", "ne", "le", "ge", "lt", "gt", "neg", "pos", "mul", "add", "sub", "floordiv",
+        "mod", "pow", "truediv", "and_", "or_", "lshift", "rshift", "not_", "abs",
+    )),
+    *(f"math.{name}" for name in ("trunc", "ceil", "floor", "sqrt")),
+    *(f"torch.{name}" for name in (
+        "sym_not", "sym_int", "sym_float", "sym_ite", "sym_max", "sym_min", "sym_sqrt", "_sym_sqrt",
+        "sym_sum", "sym_and", "sym_or",
+    )),
+})
+#: members named in a missing-weights message, at most
+NAMED_MEMBERS = 3
+
+
 def read_pt2(archive: Archive, kind: str, root: str) -> Program:
+    constants = None
     if kind == "pt2-legacy":
         member, model, config = root + "serialized_exported_program.json", "model", None
     else:
         member, model = _model_member(archive, root)
-        config_member = f"{root}data/weights/{model}_weights_config.json"
-        config = archive.json(config_member, MAX_METADATA) if config_member in archive.infos else None
+        config = _optional_json(archive, f"{root}data/weights/{model}_weights_config.json")
+        constants = _optional_json(archive, f"{root}data/constants/{model}_constants_config.json")
     document = archive.json(member, MAX_PROGRAM)
     try:
         program = _parse(document, config)
+        foreign = _foreign_target(document)
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
         raise LoadError(
             f"{archive.path}: malformed serialized program in {member} ({type(exc).__name__}: {exc})"
         ) from exc
+    if foreign:
+        name, target = foreign
+        raise LoadError(
+            f"{archive.path}: node '{_shown(name)}' in {member} calls '{_shown(target)}', which is neither a "
+            "torch.ops operator nor a Python builtin torch.export writes; pwlint does not read such a program"
+        )
     problem = dataflow_problem(program)
     if problem:
         raise LoadError(f"{archive.path}: malformed serialized program in {member}: {problem}")
     program.meta.update(archive=kind, model=model)
+    if kind == "pt2-legacy":
+        missing = _missing_legacy_weights(archive, root, program)
+    else:
+        missing = _missing_weights(archive, root, model, program, config, constants)
+    if missing:
+        program.meta["missing_weights"] = missing
     return program
+
+
+def _optional_json(archive: Archive, member: str):
+    return archive.json(member, MAX_METADATA) if member in archive.infos else None
+
+
+def _shown(text, limit: int = 80) -> str:
+    """A name from the file, safe in a one-line message."""
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _foreign_target(document: dict) -> tuple[str, str] | None:
+    """(node name, target) of the first node, with or without tensor outputs, whose target
+    is neither a torch operator nor a builtin torch.export writes."""
+    for node in document["graph_module"]["graph"]["nodes"]:
+        target = node.get("target")
+        if not isinstance(target, str):
+            return str(node.get("name")), repr(target)
+        if not (TORCH_OPERATOR.fullmatch(target) or target in PYTHON_BUILTINS):
+            return str(node.get("name")), target
+    return None
+
+
+def _missing_weights(archive: Archive, root: str, model: str, program: Program, config, constants) -> str | None:
+    """What is missing of the stored tensors the program reads: each parameter, buffer
+    and constant must have an entry in the weights or constants config, and the member
+    that entry names must be in the archive (its bytes are never read)."""
+    stored: dict[str, str] = {}
+    for folder, table in (("weights", config), ("constants", constants)):
+        entries = table.get("config") if isinstance(table, dict) else None
+        for fqn, entry in (entries if isinstance(entries, dict) else {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("path_name"), str):
+                stored[fqn] = f"{root}data/{folder}/{entry['path_name']}"
+    absent: dict[str, list[str]] = {}  # member (or the config that should list it) -> tensors
+    for weight in {w.fqn: w for w in program.weights.values()}.values():
+        member = stored.get(weight.fqn)
+        if member is None:
+            folder = "constants" if weight.kind == "constant" else "weights"
+            absent.setdefault(f"{root}data/{folder}/{model}_{folder}_config.json", []).append(weight.fqn)
+        elif member not in archive.infos:
+            absent.setdefault(member, []).append(weight.fqn)
+    return _describe_absent(absent)
+
+
+def _missing_legacy_weights(archive: Archive, root: str, program: Program) -> str | None:
+    """Archives of torch 2.7 and older keep all parameters and buffers in one member."""
+    member = f"{root}serialized_state_dict.pt"
+    stored = [w.fqn for w in program.weights.values() if w.kind in ("parameter", "buffer")]
+    if stored and member not in archive.infos:
+        return _describe_absent({member: stored})
+    return None
+
+
+def _describe_absent(absent: dict[str, list[str]]) -> str | None:
+    if not absent:
+        return None
+    tensors = [fqn for fqns in absent.values() for fqn in fqns]
+    members = [_shown(m) for m in absent]
+    named = ", ".join(members[:NAMED_MEMBERS]) + (f" and {len(members) - NAMED_MEMBERS} more" if len(members) > NAMED_MEMBERS else "")
+    plural = "s have" if len(tensors) != 1 else " has"
+    return f"{len(tensors)} stored tensor{plural} no data in the archive (e.g. '{_shown(tensors[0])}'): missing {named}"
 
 
 def _model_member(archive: Archive, root: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ argument names (``x``); outputs are ``output``, ``output#2``...
 from __future__ import annotations
 
 from pwlint.ir import Layer, ModelGraph, UniqueNames
-from pwlint.loaders.torch_ops import CONV, DENSE, bias_add, describe, is_auxiliary
+from pwlint.loaders.torch_ops import CONV, DENSE, bias_add, describe, is_auxiliary, is_understood
 from pwlint.loaders.torch_program import OpNode, Program, Tensors
 
 
@@ -195,7 +195,7 @@ class _Builder:
             input_shapes=[self.tensors.shape(t) for t in data_inputs],
             output_shapes=[self.tensors.shape(t) for t in outputs],
             layout="NCHW", members=(name, *(node.name for node in nodes)),
-            source=[node.source for node in nodes],
+            source=[node.source for node in nodes], understood=is_understood(primary),
         )
 
 

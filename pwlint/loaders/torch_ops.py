@@ -99,6 +99,16 @@ for _alias, _same in (("conv2d", "conv1d"), ("conv3d", "conv1d"), ("convolution"
     SCHEMAS[_alias] = SCHEMAS[_same]
 
 
+#: operator namespaces pwlint knows: ATen, its primitives and Python's operator module
+#: (getitem). Anything else (``torch.ops.mylib.foo``, ``quantized.conv2d``) is an
+#: operator pwlint cannot see into: its layer is ``understood=False``, so coverage names it
+KNOWN_NAMESPACES = frozenset({"aten", "prims", "_operator"})
+
+
+def is_understood(node: OpNode) -> bool:
+    return node.namespace in KNOWN_NAMESPACES
+
+
 def is_auxiliary(node: OpNode) -> bool:
     return node.base in AUXILIARY and node.namespace in ("aten", "_operator")
 
