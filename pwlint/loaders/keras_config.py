@@ -2,8 +2,10 @@
 
 Understands the config of Keras 3 (``inbound_nodes`` of ``{"args", "kwargs"}``
 with ``__keras_tensor__`` entries that record shapes) and of tf.keras 2 / Keras 1
-(``inbound_nodes`` of ``[layer, node, tensor, kwargs]`` lists, no shapes). Nothing
-is deserialised: a Lambda's code or a custom class is kept as the JSON it is.
+(``inbound_nodes`` of ``[layer, node, tensor, kwargs]`` or ``[layer, node, tensor]``
+lists, no shapes); older configs (bare-list Sequentials, Keras 1 classes and keys)
+arrive already translated by :mod:`keras_legacy`. Nothing is deserialised: a
+Lambda's code or a custom class is kept as the JSON it is.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pwlint.errors import LoadError
+from pwlint.loaders.keras_legacy import STORED_CLASS
 
 #: configs that describe a graph of layers the loader can flatten
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
@@ -38,6 +41,8 @@ class LayerSpec:
     entry: dict
     calls: list[Call] = field(default_factory=list)
     model: "ModelSpec | None" = None  # set for a nested Sequential or Functional model
+    #: the class name the file stores, where a legacy one was translated (Convolution2D)
+    stored_class: str | None = None
 
     @property
     def build_input_shape(self):
@@ -92,6 +97,7 @@ def parse_model(entry: dict, path: str, depth: int = 0) -> ModelSpec:
         for layer in layers:
             for node in layer.entry.get("inbound_nodes") or []:
                 _record_shapes(node, spec.recorded)
+        _skip_first_nodes(spec)
         for ref in spec.inputs + spec.outputs + [r for layer in layers for c in layer.calls for r in c.inputs]:
             if ref[0] not in spec.by_name:
                 raise LoadError(f"{path}: model '{name}' refers to a layer '{ref[0]}' it does not have")
@@ -106,7 +112,8 @@ def parse_model(entry: dict, path: str, depth: int = 0) -> ModelSpec:
 def _parse_layer(item: dict, model_kind: str, path: str, depth: int, position: int) -> LayerSpec:
     config = item.get("config") if isinstance(item.get("config"), dict) else {}
     name = item.get("name") or config.get("name") or f"{item['class_name']}_{position}"
-    layer = LayerSpec(str(name), item["class_name"], config, item)
+    stored = item.get(STORED_CLASS)
+    layer = LayerSpec(str(name), item["class_name"], config, item, stored_class=stored if isinstance(stored, str) else None)
     if is_model_entry(item):
         layer.model = parse_model(item, path, depth + 1)
     if model_kind == "functional":
@@ -115,6 +122,27 @@ def _parse_layer(item: dict, model_kind: str, path: str, depth: int, position: i
             raise LoadError(f"{path}: layer '{name}' has malformed inbound_nodes")
         layer.calls = [Call(_node_refs(node)) for node in nodes]
     return layer
+
+
+def _skip_first_nodes(spec: ModelSpec) -> None:
+    """Keras 2 numbers the calls of a nested model from 1 in list-style configs (its node 0
+    is the model's own, made again when the config is loaded: ``kept_nodes = 1`` in
+    ``Network.get_config``), Keras 3 from 0. A reference one past a nested model's calls,
+    where every reference to it is at least 1, is renumbered from 0."""
+    nested = {layer.name: len(layer.calls) for layer in spec.layers if layer.model is not None}
+    if not nested:
+        return
+    lists = [call.inputs for layer in spec.layers for call in layer.calls] + [spec.outputs]
+    seen: dict[str, list[int]] = {}
+    for refs in lists:
+        for ref in refs:
+            if ref[0] in nested:
+                seen.setdefault(ref[0], []).append(ref[1])
+    shifted = {name for name, nodes in seen.items() if min(nodes) >= 1 and max(nodes) == nested[name]}
+    if not shifted:
+        return
+    for refs in lists:
+        refs[:] = [(r[0], r[1] - 1, r[2]) if r[0] in shifted else r for r in refs]
 
 
 def _is_ref(value: Any) -> bool:

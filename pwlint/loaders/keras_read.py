@@ -5,9 +5,10 @@ Two containers are read:
 * ``.keras`` (Keras 3): a zip holding ``config.json``, ``metadata.json`` and
   ``model.weights.h5``. The weights file is opened in place when the member is
   stored uncompressed (as Keras writes it), so a large model is not copied.
-* legacy ``.h5`` (``model.save("x.h5")``, tf.keras 2 and Keras 3): an HDF5 file
+* legacy ``.h5``/``.hdf5`` (``model.save("x.h5")``, Keras 1 to 3): an HDF5 file
   with the JSON config in the ``model_config`` attribute and the weights under
-  ``model_weights``.
+  ``model_weights``. Keras 1 and 2.0-2.1 configs are translated to the later form
+  as they are read (:mod:`keras_legacy`).
 
 The file type is sniffed from its first bytes, not its suffix. Only dataset
 shapes and dtypes are looked at, never their values. h5py is imported inside
@@ -27,6 +28,7 @@ from typing import Any, Iterator
 
 from pwlint.errors import LoadError
 from pwlint.loaders.files import read_at_most
+from pwlint.loaders.keras_legacy import normalise
 
 #: the largest model config read (config.json member or model_config attribute)
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
@@ -89,11 +91,11 @@ def _parse_config(path: str, raw: bytes | str, where: str) -> dict:
         raise LoadError(f"{path}: {where} is nested too deeply to read") from None
     if not isinstance(config, (dict, list)):
         raise LoadError(f"{path}: {where} does not describe a Keras model")
-    if isinstance(config, list):  # Keras 1 Sequential: the config is the list of layers
-        config = {"class_name": "Sequential", "config": {"layers": config}}
+    if isinstance(config, list):  # a bare Sequential config: the list of its layers
+        config = {"class_name": "Sequential", "config": config}
     if "class_name" not in config:
         raise LoadError(f"{path}: {where} does not describe a Keras model (no class_name)")
-    return config
+    return normalise(config)  # Keras 1 and 2.0-2.1 configs in the form the loader reads
 
 
 def _read_member(path: str, zf: zipfile.ZipFile, name: str, limit: int) -> bytes:

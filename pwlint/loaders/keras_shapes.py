@@ -31,12 +31,15 @@ def _ints(value, rank: int) -> tuple:
 
 
 def conv_length(size, kernel: int, stride: int, padding: str, dilation: int = 1):
-    """Keras' conv_output_length: 'valid', 'same' and 'causal' padding."""
+    """Keras' conv_output_length: 'valid', 'same' and 'causal' padding, and Keras 1's
+    'full' (Theano's: every position the kernel overlaps)."""
     if size is None:
         return None
     span = dilation * (kernel - 1) + 1
     if padding in ("same", "causal"):
         return (size + stride - 1) // stride
+    if padding == "full":
+        return (size + span - 1 + stride - 1) // stride
     return max(0, (size - span) // stride + 1)
 
 

@@ -5,7 +5,9 @@ where ``<object>`` is the snake-cased class name made unique (``conv2d_1``) and
 the ``vars`` group's ``name`` attribute is the layer's name (files from early
 Keras 3 releases lack it; the object names are then rebuilt from the config).
 Legacy ``.h5`` files keep one group per top-level layer under ``model_weights``,
-and a nested model's weights under ``<model>/<inner model>/<layer>/<weight>``.
+and a nested model's weights under ``<model>/<inner model>/<layer>/<weight>``;
+Keras 2.0-2.1 name them ``<layer>/kernel:0``, Keras 1 ``<layer>_W`` (read as
+Keras 2's names, see :func:`keras1_weights`).
 Only shapes and dtypes are read.
 """
 
@@ -136,15 +138,78 @@ def _walk_legacy(root, spec: ModelSpec, index: WeightIndex) -> None:
         if layer is None:
             index.unassigned += weights
         elif layer.model is None:
-            index.by_layer.setdefault((key,), []).extend(weights)
+            index.by_layer.setdefault((key,), []).extend(keras1_weights(weights, layer))
         else:
             leaves = _leaves(layer.model)
+            specs = _leaf_specs(layer.model)
             for weight in weights:
-                target = _match(tuple(weight.name.split("/")[:-1]), leaves)
+                target = _match(tuple(weight.name.split("/")[:-1]), leaves) or _keras1_owner(weight.name, leaves)
                 if target is None:
                     index.unassigned.append(weight)
                 else:
-                    index.by_layer.setdefault((key, *target), []).append(weight)
+                    index.by_layer.setdefault((key, *target), []).extend(keras1_weights([weight], specs[target]))
+
+
+#: Keras 1 weight names, ``<layer>_<suffix>``, and the Keras 2 name of each (the others,
+#: such as an LSTM's ``W_i`` or a PReLU's ``alphas``, keep theirs)
+KERAS1_SUFFIXES = {
+    "W": "kernel", "b": "bias", "gamma": "gamma", "beta": "beta", "running_mean": "moving_mean",
+    "running_std": "moving_variance", "depthwise_kernel": "depthwise_kernel",
+    "pointwise_kernel": "pointwise_kernel", "U": "recurrent_kernel", "alphas": "alpha",
+}
+KERAS1_WEIGHT = re.compile(r"^(?P<layer>.+)_(?P<suffix>W|b|gamma|beta|running_mean|running_std|"
+                           r"depthwise_kernel|pointwise_kernel|U|alphas)(:\d+)?$")
+#: Keras 1 convolutions whose ``"th"`` kernels are stored (filters, channels, *kernel)
+KERAS1_TH_CONVS = frozenset({"Convolution2D", "Convolution3D", "AtrousConvolution2D"})
+
+
+def _keras1_owner(name: str, leaves: list[Path]) -> Path | None:
+    """The layer of a nested model that a Keras 1 weight name (``convolution2d_1_W``) names."""
+    match = KERAS1_WEIGHT.match(name.rpartition("/")[2])
+    if match is None:
+        return None
+    found = [leaf for leaf in leaves if leaf[-1] == match.group("layer")]
+    return found[0] if len(found) == 1 else None
+
+
+def keras1_weights(weights: list[Weight], layer) -> list[Weight]:
+    """Keras 1 weights (``convolution2d_1_W``, ``batchnormalization_1_running_std``) under
+    their Keras 2 names (``kernel``, ``moving_variance``), so that BatchNorm's statistics
+    are told from its trainable values, and a kernel's shape in Keras 2's order: a
+    ``"th"`` Convolution2D stored (filters, channels, rows, cols), a Convolution1D
+    (length, 1, channels, filters). Only the recorded shape is reordered; nothing is read."""
+    renamed = []
+    for weight in weights:
+        head, _, tail = weight.name.rpartition("/")
+        match = KERAS1_WEIGHT.match(tail)
+        if match is None or match.group("layer") != layer.name:
+            renamed.append(weight)
+            continue
+        new_tail = KERAS1_SUFFIXES[match.group("suffix")]
+        shape = weight.shape
+        if new_tail == "kernel":
+            shape = _keras2_kernel_shape(layer, shape)
+        renamed.append(Weight(f"{head}/{new_tail}" if head else new_tail, shape, weight.numeric))
+    return renamed
+
+
+def _keras2_kernel_shape(layer, shape: tuple) -> tuple:
+    stored = layer.stored_class or layer.class_name
+    if stored in KERAS1_TH_CONVS and layer.config.get("data_format") == "channels_first" and len(shape) >= 4:
+        return (*shape[2:], shape[1], shape[0])
+    if stored in ("Convolution1D", "AtrousConvolution1D") and len(shape) == 4 and shape[1] == 1:
+        return (shape[0], shape[2], shape[3])
+    return shape
+
+
+def _leaf_specs(spec: ModelSpec, prefix: Path = ()) -> dict:
+    found = {}
+    for layer in spec.layers:
+        if layer.model is not None:
+            found.update(_leaf_specs(layer.model, prefix + (layer.name,)))
+        else:
+            found[prefix + (layer.name,)] = layer
+    return found
 
 
 # h5py helpers: shapes and dtypes only, never values ---------------------------------
