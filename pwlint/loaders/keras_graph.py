@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pwlint.errors import LoadError
 from pwlint.ir import Layer, ModelGraph, UniqueNames
 from pwlint.loaders.keras_config import LayerSpec, ModelSpec, as_shape, input_layer_shape
-from pwlint.loaders.keras_layers import activation_name, config_params, describe, is_trainable
+from pwlint.loaders.keras_layers import activation_name, config_params, describe, is_known, is_trainable
 from pwlint.loaders.keras_read import KerasFile
 from pwlint.loaders.keras_shapes import output_shape
 from pwlint.loaders.keras_weights import WeightIndex
@@ -67,7 +67,8 @@ class GraphBuilder:
         params = _trainable(self.weights.unassigned)
         self.weights.unassigned = []
         source = KerasSource((name,), cls, config, self.config)
-        self.graph.add_layer(Layer(name, "other", cls, params=params, layout="NHWC", source=source))
+        # a subclassed model's call() is Python code: nothing in it was understood
+        self.graph.add_layer(Layer(name, "other", cls, params=params, layout="NHWC", source=source, understood=False))
         self.unknown.append(name)
         self.graph.meta["opaque_model"] = True
 
@@ -179,8 +180,9 @@ class GraphBuilder:
             attrs["activation"] = activation
         source = KerasSource(path, spec.class_name, config, spec.entry)
         self.graph.add_layer(Layer(
-            name, kind, spec.class_name, attrs=attrs, params=params, input_shapes=list(in_shapes),
-            output_shapes=[out_shape], layout=layout, source=source,
+            name, kind, spec.stored_class or spec.class_name, attrs=attrs, params=params,
+            input_shapes=list(in_shapes), output_shapes=[out_shape], layout=layout, source=source,
+            understood=is_known(spec.class_name, config, spec.entry),
         ))
         if out_shape is None or not in_shapes or in_shapes[0] is None:
             self.unknown.append(name)

@@ -1,8 +1,12 @@
 """Keras layer classes to the IR's kinds and attributes.
 
-A class not listed here (a Lambda, a custom or subclassed layer, a preprocessing
-layer) becomes an ``other`` layer with ``op`` = its class name; its config is
-never turned back into code.
+A class without a kind of its own here (an RNN, an Embedding, a padding or
+preprocessing layer, a Lambda, a custom or subclassed layer) becomes an ``other``
+layer with ``op`` = its class name; its config is never turned back into code.
+Whether pwlint *understood* a layer is a separate question (:func:`is_known`):
+every layer class Keras itself ships (Keras 1 to 3, tf.keras) is understood, even
+one that is only ``other`` to the rules; a Lambda, a wrapped foreign function
+(``TFOpLambda``, ``TorchModuleWrapper``) or a custom class is not.
 """
 
 from __future__ import annotations
@@ -46,6 +50,58 @@ ACTIVATION_LAYERS = {
     "LeakyReLU": "leaky_relu", "PReLU": "prelu", "ELU": "elu", "Softmax": "softmax",
     "ThresholdedReLU": "thresholded_relu",
 }
+
+
+#: built-in Keras layer classes that have no kind of their own (``other`` to the rules) but
+#: whose meaning is known: Keras 3's ``keras.layers``, tf.keras 2 and Keras 1 (the classes
+#: with a kind are known through :func:`kind_of`). Lambda, TFOpLambda, TensorFlowOpLayer,
+#: TorchModuleWrapper, JaxLayer, FlaxLayer and TFSMLayer run code or graphs from elsewhere:
+#: they are not here.
+KNOWN_OTHER_CLASSES = frozenset({
+    # Keras 3 (keras.layers)
+    "AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D",
+    "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D",
+    "AdditiveAttention", "Attention", "AugMix", "AutoContrast", "Average", "Bidirectional",
+    "CategoryEncoding", "CenterCrop", "ContrastLimitedAdaptiveHistogramEqualization", "ConvLSTM1D",
+    "ConvLSTM2D", "ConvLSTM3D", "Cropping1D", "Cropping2D", "Cropping3D", "CutMix", "Discretization",
+    "Dot", "EinsumDense", "Embedding", "Equalization", "GRU", "GRUCell", "GroupQueryAttention",
+    "HashedCrossing", "Hashing", "IntegerLookup", "LSTM", "LSTMCell", "MaxNumBoundingBoxes", "Maximum",
+    "MelSpectrogram", "Minimum", "MixUp", "MultiHeadAttention", "Normalization", "Pipeline", "RNN",
+    "RandAugment", "RandomBrightness", "RandomColorDegeneration", "RandomColorJitter", "RandomContrast",
+    "RandomCrop", "RandomElasticTransform", "RandomErasing", "RandomFlip", "RandomGaussianBlur",
+    "RandomGrayscale", "RandomHue", "RandomInvert", "RandomPerspective", "RandomPosterization",
+    "RandomRotation", "RandomSaturation", "RandomSharpness", "RandomShear", "RandomTranslation",
+    "RandomZoom", "RepeatVector", "Rescaling", "Resizing", "ReversibleEmbedding", "STFTSpectrogram",
+    "SimpleRNN", "SimpleRNNCell", "Solarization", "SpectralNormalization", "StackedRNNCells",
+    "StringLookup", "Subtract", "TextVectorization", "TimeDistributed", "UpSampling1D", "UpSampling2D",
+    "UpSampling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "LayerScale", "StochasticDepth",
+    # tf.keras 2 and Keras 2.0-2.1
+    "LocallyConnected1D", "LocallyConnected2D", "CuDNNGRU", "CuDNNLSTM", "PeepholeLSTMCell",
+    "RandomHeight", "RandomWidth", "CategoryCrossing", "DenseFeatures",
+    # Keras 1 (and Keras 2's keras.legacy.layers)
+    "Highway", "MaxoutDense", "TimeDistributedDense", "ParametricSoftplus", "SReLU", "Merge",
+})
+
+
+#: the modules Keras 3 and tf.keras record for their own layers (``"module": "keras.layers"``)
+BUILTIN_MODULES = ("keras", "tf_keras", "tensorflow")
+
+
+def is_known(class_name: str, config: dict, entry: dict | None = None) -> bool:
+    """Whether a layer is one of the classes Keras ships, so that pwlint knows what it
+    computes. A class of the same name from another module (the ``module`` and
+    ``registered_name`` a Keras 3 config records for a custom class) is not. A Keras 1
+    ``Merge`` is known only with a mode Keras later named (``sum``, ``concat``...):
+    :mod:`keras_legacy` has then translated it, and a ``Merge`` left is a lambda's."""
+    if class_name == "Merge":
+        return False
+    entry = entry or {}
+    module, registered = entry.get("module"), entry.get("registered_name")
+    if isinstance(module, str) and module.partition(".")[0] not in BUILTIN_MODULES:
+        return False
+    if isinstance(registered, str) and registered != class_name:
+        return False
+    return kind_of(class_name, config) != "other" or class_name in KNOWN_OTHER_CLASSES
 
 
 def activation_name(value: Any) -> str | None:
