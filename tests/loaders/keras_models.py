@@ -244,3 +244,81 @@ def make_keras2_h5(path) -> None:
         h5["model_weights"].visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
         for name in datasets:
             h5["model_weights"].move(name, f"{name}:0")
+
+
+# Keras 1.x and 2.0-2.1 files ----------------------------------------------------------------
+#
+# Written with h5py the way their ``save_model`` wrote them: root attributes
+# ``keras_version``, ``backend``, ``model_config`` (JSON, as bytes) and ``training_config``;
+# a ``model_weights`` group with ``layer_names``, one group per layer (weightless ones
+# too) with ``weight_names``, and each weight stored under its variable name: Keras 2.0
+# ``conv2d_1/kernel:0`` (a subgroup per layer name), Keras 1 ``convolution2d_1_W``.
+# Values are never written (HDF5 allocates nothing for them): linting needs shapes only.
+
+def legacy_layer(class_name: str, name: str, **config) -> dict:
+    """A layer of a Keras 1/2.0 Sequential: class and config, the name inside the config."""
+    return {"class_name": class_name, "config": {"name": name, "trainable": True, **config}}
+
+
+def legacy_node(name: str, class_name: str, inbound: list, **config) -> dict:
+    """A layer of a Keras 1/2.0 functional model: ``inbound`` is a list of calls, each a
+    list of ``[layer, node, tensor]`` (Keras 1) or ``[layer, node, tensor, {}]`` (Keras 2)."""
+    return {"name": name, "class_name": class_name, "config": {"name": name, "trainable": True, **config},
+            "inbound_nodes": inbound}
+
+
+def keras2_conv(name: str, filters: int, kernel: int, **config) -> dict:
+    """A Keras 2.0 ``Conv2D`` config with every key Keras 2.0.6 wrote."""
+    return legacy_layer(
+        "Conv2D", name, **{
+            "filters": filters, "kernel_size": [kernel, kernel], "strides": [1, 1], "padding": "valid",
+            "data_format": "channels_last", "dilation_rate": [1, 1], "activation": "linear", "use_bias": True,
+            "kernel_initializer": {"class_name": "VarianceScaling", "config": {
+                "scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": None}},
+            "bias_initializer": {"class_name": "Zeros", "config": {}}, "kernel_regularizer": None,
+            "bias_regularizer": None, "activity_regularizer": None, "kernel_constraint": None,
+            "bias_constraint": None, **config,
+        })
+
+
+def keras2_dense(name: str, units: int, **config) -> dict:
+    return legacy_layer("Dense", name, **{
+        "units": units, "activation": "linear", "use_bias": True,
+        "kernel_initializer": {"class_name": "VarianceScaling", "config": {
+            "scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": None}},
+        "bias_initializer": {"class_name": "Zeros", "config": {}}, **config,
+    })
+
+
+def _layer_names(model_config: dict) -> list[str]:
+    layers = model_config["config"]
+    layers = layers if isinstance(layers, list) else layers["layers"]
+    return [entry.get("name") or entry["config"]["name"] for entry in layers]
+
+
+def write_legacy_h5(path, model_config: dict, weights: dict, *, keras_version: str = "2.0.6",
+                    backend: str = "tensorflow", layer_names: list[str] | None = None) -> None:
+    """Write a whole-model file as Keras 1.x/2.0 did. ``weights`` maps a layer name to its
+    ``[(variable name, shape), ...]``, e.g. ``{"conv2d_1": [("conv2d_1/kernel:0", (3, 3, 1, 32))]}``;
+    ``layer_names`` (the weight groups, in order) defaults to the layers of ``model_config``."""
+    import h5py
+
+    with h5py.File(path, "w") as h5:
+        h5.attrs["keras_version"] = keras_version.encode()
+        h5.attrs["backend"] = backend.encode()
+        h5.attrs["model_config"] = json.dumps(model_config).encode("utf8")
+        h5.attrs["training_config"] = json.dumps({
+            "optimizer_config": {"class_name": "Adam", "config": {"lr": 0.001}},
+            "loss": "categorical_crossentropy", "metrics": ["accuracy"], "sample_weight_mode": None,
+            "loss_weights": None}).encode()
+        group = h5.create_group("model_weights")
+        names = layer_names if layer_names is not None else _layer_names(model_config)
+        group.attrs["layer_names"] = [name.encode() for name in names]
+        group.attrs["backend"] = backend.encode()
+        group.attrs["keras_version"] = keras_version.encode()
+        for name in names:
+            layer = group.create_group(name)
+            stored = weights.get(name, [])
+            layer.attrs["weight_names"] = [weight.encode() for weight, _ in stored]
+            for weight, shape in stored:
+                layer.create_dataset(weight, shape=shape, dtype="float32")

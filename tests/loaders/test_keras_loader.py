@@ -470,7 +470,7 @@ def test_loader_is_registered_for_keras_suffixes():
     from pwlint.plugins import get_registry
 
     registry = get_registry(False)
-    assert registry.loaders["keras"].suffixes == (".keras", ".h5")
+    assert registry.loaders["keras"].suffixes == (".keras", ".h5", ".hdf5")  # .hdf5: Keras 2 ModelCheckpoint
     assert registry.loader_for("M.KERAS").name == "keras"
 
 
