@@ -1,6 +1,8 @@
-"""Groups of ONNX nodes that form one layer: MatMul+Add dense layers and
-decomposed normalisations (LayerNorm/RMSNorm from ReduceMean arithmetic,
-frozen BatchNorm as a per-channel Mul+Add).
+"""Groups of ONNX nodes that form one layer: MatMul+Add dense layers (float and
+quantized), decomposed normalisations (LayerNorm/RMSNorm from ReduceMean
+arithmetic, frozen BatchNorm as a per-channel Mul+Add), and the nodes that only
+make a layer's weights (``Cast``/``DequantizeLinear``/``Transpose`` of a constant),
+which join the layer they feed.
 
 Each matcher returns groups as lists of node indices; the first index names the layer.
 """
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 
+from pwlint.loaders.onnx_quant import DENSE_FORMS
 from pwlint.loaders.onnx_read import FLOAT_TYPES, Node, OnnxModel
+from pwlint.loaders.onnx_weights import WeightResolver
 
 #: elementwise arithmetic that may sit between a ReduceMean and the Div/Mul of a decomposed norm
 NORM_ARITHMETIC = {"Pow", "Mul", "Add", "Sqrt", "Reciprocal", "Div", "Sub", "Cast", "ReduceMean", "ReduceSumSquare", "ReduceSum", "Identity"}
@@ -37,10 +41,13 @@ class NodeIndex:
                         consumers[inp] = [node]
                     else:
                         users.append(node)
+        #: the constant behind a tensor (initializer, Constant, or a chain of conversions of one)
+        self.weight = WeightResolver(model, producer)
 
     def is_weight(self, tensor: str) -> bool:
-        const = self.model.constants.get(tensor)
-        return const is not None and const.dtype in FLOAT_TYPES
+        """A constant the consumer receives as floats: a trainable value."""
+        weight = self.weight(tensor)
+        return weight is not None and weight.dtype in FLOAT_TYPES
 
     def sole_consumer(self, tensor: str) -> Node | None:
         users = self.consumers.get(tensor, [])
@@ -49,25 +56,70 @@ class NodeIndex:
         return None
 
 
+#: dense-like operators that take one data input and a 2-D weight [in, out], and
+#: the domain each is defined in
+MATMUL_DOMAINS = {
+    "MatMul": ("", "ai.onnx"), "QLinearMatMul": ("", "ai.onnx"),
+    "MatMulIntegerToFloat": ("com.microsoft",), "DynamicQuantizeMatMul": ("com.microsoft",),
+}
+#: bias additions after a MatMul, and the inputs that may hold the bias
+BIAS_ADDS = {"Add": (0, 1), "QLinearAdd": (0, 3)}
+
+
 def dense_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]:
-    """MatMul(x, W) followed by Add(., b), W and b constant: one dense layer."""
+    """MatMul(x, W) followed by Add(., b), W and b constant: one dense layer. The
+    quantized forms (QLinearMatMul + QLinearAdd, MatMulIntegerToFloat,
+    DynamicQuantizeMatMul) are matched alike."""
     groups = []
     for node in index.model.nodes:
-        if node.op != "MatMul" or node.index in taken or len(node.inputs) < 2:
+        domains = MATMUL_DOMAINS.get(node.op)
+        if domains is None or node.domain not in domains or node.index in taken:
             continue
-        weight = index.model.constants.get(node.inputs[1])
-        if weight is None or len(weight.dims) != 2:
+        position = DENSE_FORMS[node.op][0]
+        weight = index.weight(node.inputs[position]) if len(node.inputs) > position else None
+        if weight is None or len(weight.dims) != 2 or not node.outputs:
             continue
         group = [node.index]
         add = index.sole_consumer(node.outputs[0])
-        if add is not None and add.op == "Add" and add.index not in taken:
-            other = [t for t in add.inputs if t != node.outputs[0]]
-            bias = index.model.constants.get(other[0]) if len(other) == 1 else None
+        if add is not None and add.op in BIAS_ADDS and add.index not in taken:
+            operands = [add.inputs[i] for i in BIAS_ADDS[add.op] if i < len(add.inputs)]
+            other = [t for t in operands if t != node.outputs[0]]
+            bias = index.weight(other[0]) if len(other) == 1 and len(operands) == 2 else None
             if bias is not None and bias.size == weight.dims[1]:
                 group.append(add.index)
         groups.append(group)
         taken.update(group)
     return groups
+
+
+def weight_helpers(index: NodeIndex) -> dict[int, int]:
+    """Nodes that only make a weight (the Cast, DequantizeLinear, Transpose... between a
+    stored tensor and the layer that reads it), each mapped to the node it feeds.
+
+    Such a node joins that node's layer, so it neither counts as a layer of its own
+    nor stands between layers. A chain node that another layer (or the graph's
+    output) also reads stays a layer of its own."""
+    owner: dict[int, int] = {}
+    consumers, outputs, weight_of = index.consumers, index.outputs, index.weight
+    for node in index.model.nodes:
+        if node.outputs and weight_of(node.outputs[0]) is not None:
+            continue  # a chain node itself, or a constant: it owns no chain
+        for tensor in node.inputs:
+            weight = weight_of(tensor) if tensor else None
+            if weight is None or not weight.nodes:
+                continue
+            absorbed = {node.index}
+            for helper in reversed(weight.nodes):  # from the reader back to the stored tensor
+                chain_node = index.model.nodes[helper]
+                exclusive = helper not in owner and all(
+                    out not in outputs and all(u.index in absorbed for u in consumers.get(out, ()))
+                    for out in chain_node.outputs if out
+                )
+                if not exclusive:
+                    break
+                absorbed.add(helper)
+                owner[helper] = node.index
+    return owner
 
 
 def _ancestors(
@@ -101,7 +153,7 @@ def decomposed_norm_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]
         if node.op not in ("Div", "Mul") or node.index in taken or len(node.inputs) != 2:
             continue
         for data, scale in (node.inputs, node.inputs[::-1]):
-            if not data or not scale or index.model.constants.get(scale) is not None:
+            if not data or not scale or index.weight(scale) is not None:
                 continue
             chain, tensors = _ancestors(index, scale, NORM_ARITHMETIC, MAX_NORM_DEPTH, stop=data)
             reduces = [i for i in chain if index.model.nodes[i].op in ("ReduceMean", "ReduceSumSquare", "ReduceSum")]
@@ -121,7 +173,7 @@ def decomposed_norm_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]
 
 
 def _per_channel(index: NodeIndex, tensor: str, rank: int | None) -> bool:
-    const = index.model.constants.get(tensor)
+    const = index.weight(tensor)
     if const is None or const.dtype not in FLOAT_TYPES or rank != 4:
         return False
     dims = list(const.dims)
@@ -137,7 +189,7 @@ def frozen_batchnorm_groups(index: NodeIndex, taken: set[int]) -> list[list[int]
         if node.op != "Mul" or node.index in taken or len(node.inputs) != 2:
             continue
         data, scale = node.inputs
-        if index.model.constants.get(data) is not None:
+        if index.weight(data) is not None:
             data, scale = scale, data
         rank = len(index.model.shapes.get(data) or ()) or None
         if not _per_channel(index, scale, rank):
