@@ -183,6 +183,18 @@ def test_keras1_convolution2d_model(tmp_path):
     assert report["files"][0]["coverage"]["unknown_ops"] == {}
 
 
+def test_keras1_theano_kernel_gives_the_channels_when_no_shape_is_recorded(tmp_path):
+    """No input shape anywhere: the channel count comes from the stored kernel, which a
+    "th" Convolution2D stores as (filters, channels, rows, cols)."""
+    layers = [keras1_conv("convolution2d_1", 16, 5), legacy_layer("Activation", "activation_1", activation="relu")]
+    weights = {"convolution2d_1": [("convolution2d_1_W", (16, 3, 5, 5)), ("convolution2d_1_b", (16,))]}
+    path = tmp_path / "no-shape.h5"
+    write_legacy_h5(path, {"class_name": "Sequential", "config": layers}, weights, keras_version="1.2.2")
+    conv = load(path).layer("convolution2d_1")
+    assert (conv.attrs["in_channels"], conv.attrs["out_channels"], conv.attrs["kernel"]) == (3, 16, (5, 5))
+    assert conv.params == conv_params(5, 3, 16)
+
+
 def test_keras1_input_dim_alone_gives_the_input_shape(tmp_path):
     layers = [
         legacy_layer("Dense", "dense_1", output_dim=64, input_dim=20, activation="relu", bias=True),
