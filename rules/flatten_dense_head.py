@@ -45,6 +45,9 @@ FEATURE_KINDS = frozenset({"act", "pool", "norm", "dropout", "identity", "add", 
 #: on an [N, F, 1, 1] tensor (Softmax and LayerNorm would normalise the wrong axis)
 PER_FEATURE_NORMS = frozenset({"batch", "frozen_batch"})
 AXIS_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
+#: why a fix does not rewrite a quantized layer: its integer weights and scales would
+#: need quantizing again, which is the quantizer's job
+QUANTIZED = "the model is quantized: fix the float model, then quantize again"
 
 
 def _per_feature(layer: Layer) -> bool:
@@ -192,7 +195,9 @@ def _fixes(
     stop: str = "",
 ) -> list[Fix]:
     blocked = None
-    if positions is None:
+    if any(layer.attrs.get("quantized") for layer in head):
+        blocked = QUANTIZED
+    elif positions is None:
         blocked = "the feature map's height and width are dynamic, so the conv kernel size is unknown"
     elif any(layer.attrs.get("shared_weights") for layer in head):
         blocked = "a dense layer of the head shares its weights with another layer"

@@ -36,6 +36,10 @@ from pwlint.ir import Layer, ModelGraph, spatial_size
 from pwlint.rule import Rule, RuleOptions, option
 from pwlint.units import human
 
+#: why the factorisation does not rewrite a quantized layer (its integer weights and
+#: scales would need quantizing again)
+QUANTIZED = "the model is quantized: fix the float model, then quantize again"
+
 
 class Options(RuleOptions):
     max_params: int = option(
@@ -97,7 +101,8 @@ def _svd_fix(dense, options: Options) -> Fix:
         action="factorise-dense",
         plan={"dense": dense.name, "energy": options.svd_energy, "target_params": options.svd_target_params},
         blocked=(
-            "its weights are shared with another layer" if dense.attrs.get("shared_weights")
+            QUANTIZED if dense.attrs.get("quantized")
+            else "its weights are shared with another layer" if dense.attrs.get("shared_weights")
             else "factorising a convolution is not supported yet" if dense.kind == "conv" else None
         ),
     )

@@ -25,6 +25,8 @@ from pwlint.loaders.onnx_loader import load_proto
 from pwlint.loaders.onnx_read import parse_file
 from pwlint.loaders.onnx_wire import payload_slice, write_model
 
+#: why no action rewrites a quantized layer
+QUANTIZED = "the model is quantized: fix the float model, then quantize again"
 #: ONNX's protobuf limit: larger models must keep their weights in external data
 PROTO_LIMIT = 2_000_000_000
 #: how symbolic input dimensions (batch, sequence) are bound when running the model
@@ -95,7 +97,12 @@ class OnnxFixSession:
         action = ACTIONS.get(fix.action)
         if action is None:
             raise FixNotApplicable(f"the ONNX backend has no '{fix.action}' action")
-        return action(Editor(self.model, self.folder, self.pending), self.graph(), fix.plan)
+        graph = self.graph()
+        if any(graph.layer(name).attrs.get("quantized") for name in _planned_layers(fix.plan, graph)):
+            # the actions rewrite float weights; integer weights with their scales and zero
+            # points would need quantizing again, which only the quantizer can do well
+            raise FixNotApplicable(QUANTIZED)
+        return action(Editor(self.model, self.folder, self.pending), graph, fix.plan)
 
     def checkpoint(self) -> Path:
         """Write the current model to a new candidate file and run the ONNX checker on it."""
@@ -184,6 +191,16 @@ class OnnxFixSession:
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _planned_layers(plan: dict, graph: ModelGraph) -> list[str]:
+    """The names of the graph's layers that a fix plan refers to (whatever its keys)."""
+    names = []
+    for value in plan.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and item in graph:
+                names.append(item)
+    return names
 
 
 def _point_at(model: onnx.ModelProto, location: str, model_file: Path) -> None:

@@ -33,38 +33,40 @@ class DenseWeights:
 
 
 def _dense(editor: Editor, layer: Layer) -> DenseWeights:
-    nodes = [member.proto for member in layer.source]
-    first = nodes[0]
+    first = layer.source[0].proto
+    # the layer may also hold the nodes that make its weights (a Cast, an Identity): those
+    # go when nothing reads them any more (Editor.remove_dead)
+    add = next((m.proto for m in layer.source[1:] if m.op == "Add" and first.output[0] in m.proto.input), None)
+    nodes = [first] if add is None else [first, add]
     if first.op_type == "Gemm":
         attrs = {a.name: helper.get_attribute_value(a) for a in first.attribute}
         if attrs.get("transA", 0):
             raise FixNotApplicable(f"'{layer.name}' is a Gemm with transA=1")
-        weight = editor.array(first.input[1])
+        weight = editor.array(_constant_source(editor, first.input[1]))
         weight = weight.T if attrs.get("transB", 0) else weight  # a view: no copy of a big matrix
         if attrs.get("alpha", 1.0) != 1.0:
             weight = weight * attrs["alpha"]
         bias = None
         if len(first.input) > 2 and first.input[2]:
-            raw = editor.array(first.input[2]) * attrs.get("beta", 1.0)
+            raw = editor.array(_constant_source(editor, first.input[2])) * attrs.get("beta", 1.0)
             if raw.size not in (1, weight.shape[1]):
                 raise FixNotApplicable(f"the bias of '{layer.name}' does not broadcast per unit")
             bias = np.broadcast_to(raw.reshape(-1), (weight.shape[1],)).copy()
         return DenseWeights(nodes, first.input[0], first.output[0], weight, bias, tuple(first.input[1:3]))
     if first.op_type == "MatMul":
-        weight = editor.array(first.input[1])
+        weight = editor.array(_constant_source(editor, first.input[1]))
         bias = None
-        if len(nodes) > 1:
-            add = nodes[1]
+        if add is not None:
             bias_name = next(t for t in add.input if t != first.output[0])
-            bias = editor.array(bias_name).reshape(-1)
-        constants = (first.input[1], bias_name) if len(nodes) > 1 else (first.input[1],)
+            bias = editor.array(_constant_source(editor, bias_name)).reshape(-1)
+        constants = (first.input[1], bias_name) if add is not None else (first.input[1],)
         return DenseWeights(nodes, first.input[0], nodes[-1].output[0], weight, bias, constants)
     raise FixNotApplicable(f"'{layer.name}' is a {first.op_type}, not a Gemm or MatMul")
 
 
 def _dtype_of(editor: Editor, layer: Layer) -> np.dtype:
     proto = layer.source[0].proto
-    return numpy_dtype(editor.initializer(proto.input[1]))
+    return numpy_dtype(editor.initializer(_constant_source(editor, proto.input[1])))
 
 
 def numpy_dtype(tensor: onnx.TensorProto) -> np.dtype:
