@@ -303,3 +303,48 @@ def test_pt2_with_os_system_pickles_embedded_is_linted_unrun(saved, tmp_path, me
     path = corpus.with_member(saved[".pt2"], tmp_path / "evil.pt2", member, pickle.dumps(_Shell(marker)))
     run = _lint_keeps_marker_absent(path, marker)
     assert run.code in (1, 2)
+
+
+# targets that are not torch operators --------------------------------------------------------
+
+@pytest.mark.parametrize("target", [
+    "os.system", "posix.system", "subprocess.call", "builtins.exec", "builtins.eval",
+    "torch.os.system",  # torch's loader would resolve this one to os.system by getattr
+    "_operator.call", "math.__import__", "torch.ops", "#custom:os.system", "",
+])
+def test_pt2_node_calling_a_python_function_is_refused_unrun(saved, tmp_path, target):
+    marker = tmp_path / "ran"
+    document = program_of(saved[".pt2"])
+    node = _node(document, 0)
+    node["target"] = target
+    node["inputs"] = [{"name": "command", "arg": {"as_string": f"touch {marker}"}}]
+    run = _lint_keeps_marker_absent(with_program(saved, tmp_path, document), marker)
+    assert run.code == 2, run.out
+    assert f"node '{node['name']}'" in run.err and f"calls '{target}'" in run.err, run.err
+
+
+def test_pt2_node_with_no_tensor_output_is_checked_too(saved, tmp_path):
+    """Nodes without tensor outputs (size arithmetic, assertions) are skipped as layers,
+    not as targets."""
+    marker = tmp_path / "ran"
+    document = program_of(saved[".pt2"])
+    document["graph_module"]["graph"]["nodes"].insert(0, {
+        "name": "side_effect", "target": "os.system", "outputs": [], "metadata": {},
+        "inputs": [{"name": "command", "arg": {"as_string": f"touch {marker}"}}],
+    })
+    run = _lint_keeps_marker_absent(with_program(saved, tmp_path, document), marker)
+    assert run.code == 2 and "'side_effect'" in run.err and "'os.system'" in run.err, run.err
+
+
+def test_pt2_custom_operator_is_linted_but_not_understood(saved, tmp_path):
+    """A custom op (torch.ops.mylib.*) is a real target, but pwlint cannot see into it:
+    coverage names it, and the rules that needed the conv there say they could not look."""
+    document = program_of(saved[".pt2"])
+    conv = next(n for n in document["graph_module"]["graph"]["nodes"] if n["target"].endswith("conv2d.default"))
+    conv["target"] = "torch.ops.mylib.fused_conv.default"
+    run = run_bounded("check", with_program(saved, tmp_path, document), "--format", "json", timeout=60)
+    assert_handled(run)
+    [entry] = json.loads(run.out)["files"]
+    assert entry["error"] is None, entry
+    assert entry["coverage"]["unknown_ops"] == {"mylib.fused_conv.default": 1}
+    assert entry["coverage"]["recognised"] == entry["coverage"]["layers"] - 1
