@@ -554,3 +554,42 @@ def test_progress_shows_on_a_terminal_only(tmp_path, cnn_file):
     assert _on_a_terminal(["-q", str(folder)], tmp_path)[1] == ""
     piped = run_command(str(folder), cwd=tmp_path)  # stderr is a pipe: silent
     assert piped.err == ""
+
+
+# --allow-missing-weights and the files recognised by content --------------------------------
+
+def test_help_documents_allow_missing_weights(pwlint):
+    run = pwlint("check", "--help")
+    assert run.code == 0
+    assert "--allow-missing-weights" in run.out and "shapes alone" in " ".join(run.out.split())
+
+
+def test_allow_missing_weights_changes_nothing_for_a_complete_model(pwlint, cnn_file):
+    path = cnn_file()
+    plain, allowed = pwlint(str(path), "--format", "json"), pwlint(str(path), "--format", "json", "--allow-missing-weights")
+    assert plain.code == allowed.code == 1
+    assert json.loads(plain.out)["findings"] == json.loads(allowed.out)["findings"]
+
+
+def test_missing_weights_in_one_file_do_not_stop_the_others(tmp_path, cnn_file):
+    import onnx
+
+    from tests.conftest import cnn_model
+
+    good = cnn_file("models/good.onnx")
+    stripped = tmp_path / "models" / "stripped.onnx"
+    onnx.save_model(cnn_model(), stripped, save_as_external_data=True, location="stripped.data", size_threshold=0)
+    (tmp_path / "models" / "stripped.data").unlink()
+    run = run_inprocess(str(tmp_path / "models"), "--format", "json")
+    assert run.code == 2
+    assert {f["path"] for f in json.loads(run.out)["findings"]} == {str(good)}
+    [line] = run.err.splitlines()
+    assert "stripped.onnx" in line and "'stripped.data'" in line and "--allow-missing-weights" in line
+
+
+def test_unsupported_file_lists_every_suffix_pwlint_reads(pwlint, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n")
+    line = one_line_error(pwlint(str(path)))
+    for suffix in (".onnx", ".keras", ".h5", ".hdf5", ".pt2", ".jit", ".torchscript"):
+        assert suffix in line, line

@@ -321,3 +321,89 @@ def test_builtin_rules_are_registered_through_the_hook():
     assert set(listed["pwlint.loaders.onnx_loader"].split(", ")) == {"onnx loader", "onnx fixes"}
     assert listed["pwlint.reporters.text"] == "text format"
     assert listed["pwlint.reporters.json"] == "json format"
+
+
+# third-party loaders: matched by suffix, or by content when they can sniff ----------------
+
+TOY_LOADERS = '''
+"""Two loaders for a toy format: one that goes by suffix only, one that sniffs content."""
+
+from pwlint.hookspecs import hookimpl
+from pwlint.ir import Layer, ModelGraph
+
+
+def toy_graph(path, fmt):
+    graph = ModelGraph(path, fmt)
+    graph.add_layer(Layer("x", "input", "input", output_shapes=[(1, 8)]))
+    graph.add_layer(Layer("fc", "dense", "ToyDense", attrs={"in_features": 8, "out_features": 2}, params=18,
+                          input_shapes=[(1, 8)], output_shapes=[(1, 2)]))
+    graph.add_layer(Layer("y", "output", "output", input_shapes=[(1, 2)]))
+    graph.connect("x", "fc", "x", (1, 8), data=True)
+    graph.connect("fc", "y", "fc", (1, 2), data=True)
+    return graph
+
+
+class BySuffix:
+    name = "toy"
+    suffixes = (".toy",)
+
+    def load(self, path):
+        return toy_graph(path, self.name)
+
+
+class ByContent:
+    name = "toymagic"
+    suffixes = (".toymagic",)
+
+    def sniff(self, path, head):
+        if head.startswith(b"BROKEN"):
+            raise RuntimeError("a bug in the plugin's sniff")
+        return head.startswith(b"TOYMAGIC")
+
+    def load(self, path):
+        return toy_graph(path, self.name)
+
+
+@hookimpl
+def pwlint_register_loaders(register):
+    register(BySuffix())
+    register(ByContent())
+'''
+
+
+@pytest.fixture
+def toy_site(tmp_path):
+    folder = tmp_path / "toysite"
+    folder.mkdir()
+    install_plugin(folder, "toy_loaders", TOY_LOADERS, entry_point="toy")
+    return folder
+
+
+def formats_read(site: Path, *paths: Path) -> dict[str, tuple]:
+    run = run_with_plugins(site, *map(str, paths), "--format", "json")
+    assert "Traceback" not in run.err, run.err
+    return {Path(f["path"]).name: (f["format"], f["error"]) for f in json.loads(run.out)["files"]}
+
+
+def test_loader_without_sniff_keeps_its_suffix_even_for_onnx_content(toy_site, tmp_path, cnn_file):
+    """A plugin that cannot look at content owns its suffix: no built-in guess takes it."""
+    toy = tmp_path / "model.toy"
+    toy.write_bytes(cnn_file("m.onnx").read_bytes())
+    assert formats_read(toy_site, toy) == {"model.toy": ("toy", None)}
+
+
+def test_loader_with_sniff_is_chosen_by_content_whatever_the_name(toy_site, tmp_path, cnn_file):
+    named_onnx = tmp_path / "model.onnx"
+    named_onnx.write_bytes(b"TOYMAGIC v1\n")
+    odd = tmp_path / "export.dat"
+    odd.write_bytes(b"TOYMAGIC v1\n")
+    real_onnx = cnn_file("real.onnx")
+    assert formats_read(toy_site, named_onnx, odd, real_onnx) == {
+        "model.onnx": ("toymagic", None), "export.dat": ("toymagic", None), "real.onnx": ("onnx", None),
+    }
+
+
+def test_a_sniff_that_raises_counts_as_no_and_the_suffix_still_routes(toy_site, tmp_path):
+    broken = tmp_path / "model.toymagic"
+    broken.write_bytes(b"BROKEN but named for the plugin\n")
+    assert formats_read(toy_site, broken) == {"model.toymagic": ("toymagic", None)}
