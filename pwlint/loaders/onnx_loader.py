@@ -137,7 +137,7 @@ class _Builder:
         fused += [("dense", g) for g in dense_groups(self.index, taken)]
         fused += [("norm", g) for g in decomposed_norm_groups(self.index, taken)]
         fused += [("frozen_norm", g) for g in frozen_batchnorm_groups(self.index, taken)]
-        fused += [(None, g) for g in qdq_pairs(self.index, taken)]
+        fused += qdq_pairs(self.index, taken)
         in_fused = {member for _, group in fused for member in group}
         nodes = self.model.nodes
         for helper, owner in list(self.helpers.items()):
@@ -268,6 +268,8 @@ class _Builder:
             attrs = self._conv_attrs(node)
             attrs["bias"] = any(n.op == "Add" for n in nodes[1:])
             return "conv", attrs
+        if kind_hint == "relu":  # a quantize-dequantize pair that clips like the ReLU it replaced
+            return "act", {"activation": "relu", "quantized": True}
         if kind_hint == "norm":
             return "norm", {"norm_type": "decomposed"}
         if kind_hint == "frozen_norm":

@@ -80,16 +80,29 @@ def dense_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]:
         if weight is None or len(weight.dims) != 2 or not node.outputs:
             continue
         group = [node.index]
-        add = index.sole_consumer(node.outputs[0])
+        product, between = _through_qdq(index, node.outputs[0], taken)
+        add = index.sole_consumer(product)
         if add is not None and add.op in BIAS_ADDS and add.index not in taken:
             operands = [add.inputs[i] for i in BIAS_ADDS[add.op] if i < len(add.inputs)]
-            other = [t for t in operands if t != node.outputs[0]]
+            other = [t for t in operands if t != product]
             bias = index.weight(other[0]) if len(other) == 1 and len(operands) == 2 else None
             if bias is not None and bias.size == weight.dims[1]:
-                group.append(add.index)
+                group += [add.index, *between]
         groups.append(group)
         taken.update(group)
     return groups
+
+
+def _through_qdq(index: NodeIndex, tensor: str, taken: set[int]) -> tuple[str, list[int]]:
+    """``tensor`` after the QuantizeLinear -> DequantizeLinear pair a QDQ model puts on
+    it (between a MatMul and its bias Add), and that pair's nodes; or ``tensor`` itself."""
+    quantize = index.sole_consumer(tensor)
+    if quantize is None or quantize.op != "QuantizeLinear" or quantize.index in taken or not quantize.outputs:
+        return tensor, []
+    dequantize = index.sole_consumer(quantize.outputs[0])
+    if dequantize is None or dequantize.op != "DequantizeLinear" or dequantize.index in taken or not dequantize.outputs:
+        return tensor, []
+    return dequantize.outputs[0], [quantize.index, dequantize.index]
 
 
 def weight_helpers(index: NodeIndex) -> dict[int, int]:

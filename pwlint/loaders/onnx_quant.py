@@ -75,9 +75,20 @@ def param_inputs(node: Node) -> tuple[int, ...] | None:
     return None
 
 
-def qdq_pairs(index, taken: set[int]) -> list[list[int]]:
-    """``QuantizeLinear -> DequantizeLinear`` on an activation: one identity layer.
+#: operators after which onnxruntime's QDQ quantizer drops a ReLU, letting the
+#: QuantizeLinear's range (zero point at the type's minimum) clip the negatives instead
+RELU_FUSERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "BatchNormalization"})
+#: the smallest value of each integer type a zero point can have (uint8, int8, uint16, int16)
+TYPE_MIN = {2: 0, 3: -128, 4: 0, 5: -32768}
 
+
+def qdq_pairs(index, taken: set[int]) -> list[tuple[str | None, list[int]]]:
+    """``QuantizeLinear -> DequantizeLinear`` on an activation: one layer, which rules
+    see through (an identity), or a ReLU where the pair stands for one.
+
+    onnxruntime's QDQ quantizer removes the ReLU after a Conv, Gemm, Add... and quantizes
+    that node's output with a zero point at the type's minimum, which clips negatives
+    just as the ReLU did: such a pair is the float model's activation (hint ``"relu"``).
     A pair on a weight is not matched here: the weight resolver folds it into the
     layer the weight feeds (its nodes are in ``taken`` already)."""
     groups = []
@@ -89,9 +100,19 @@ def qdq_pairs(index, taken: set[int]) -> list[list[int]]:
             continue
         if not dequantize.inputs or dequantize.inputs[0] != node.outputs[0]:
             continue
-        groups.append([node.index, dequantize.index])
+        groups.append(("relu" if _clips_negatives(index, node) else None, [node.index, dequantize.index]))
         taken.update((node.index, dequantize.index))
     return groups
+
+
+def _clips_negatives(index, quantize: Node) -> bool:
+    producer = index.producer.get(quantize.inputs[0]) if quantize.inputs else None
+    if producer is None or producer.op not in RELU_FUSERS or len(quantize.inputs) < 3:
+        return False
+    zero = index.model.constants.get(quantize.inputs[2])
+    if zero is None or zero.dtype not in TYPE_MIN or not zero.values:
+        return False
+    return all(value == TYPE_MIN[zero.dtype] for value in zero.values)
 
 
 def integer_groups(index, taken: set[int]) -> list[tuple[str, list[int], set[int]]]:
