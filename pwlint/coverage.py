@@ -48,6 +48,14 @@ def _shape_known(shape) -> bool:
     return shape is not None and all(isinstance(d, int) for d in shape[1:])
 
 
+def _fan_in_decides(shape, dense: Layer) -> bool:
+    """PW001 still judges a flatten whose input has unknown channels (or unknown H and W)
+    when the dense layer's fan-in gives the rest."""
+    if shape is None or len(shape) < 3:
+        return False
+    return any(isinstance(d, int) for d in shape[1:]) and isinstance(dense.attrs.get("in_features"), int)
+
+
 def measure(graph: ModelGraph) -> Coverage:
     coverage = Coverage()
     unknown: Counter[str] = Counter()
@@ -69,7 +77,8 @@ def measure(graph: ModelGraph) -> Coverage:
         if layer.kind in ("flatten", "reshape") and not _shape_known(layer.input_shape):
             consumer = sole_consumer(graph, layer, is_transparent)
             if consumer is not None and consumer.kind == "dense" and not consumer.attrs.get("per_position"):
-                blind_flattens.append(layer)
+                if not _fan_in_decides(layer.input_shape, consumer):
+                    blind_flattens.append(layer)
         elif layer.kind == "conv" and layer.attrs.get("out_channels") is None:
             blind_weights.append(layer)
         elif layer.kind == "dense" and layer.attrs.get("in_features") is None:

@@ -9,10 +9,13 @@ Mul+Add form). Pre-activation order (norm -> act -> conv, as in DenseNet and
 pre-activation ResNets) is accepted. Not reported: squeeze-excite convolutions
 (feeding a sigmoid or hard-sigmoid gate), convolutions on 1x1 maps, the last
 convolution before global pooling or the output, and pre-norm convolutions,
-whose input comes straight from a normalisation through nothing but pooling,
-padding, reshapes, layout Transposes, Dropout or Identity (ConvNeXt's
-LayerNorm -> Conv 2x2/2 downsampling, its LayerNorm applied channels-last
-between two Transposes).
+whose input comes from a normalisation through nothing but activations,
+pooling, padding, reshapes, layout Transposes, Dropout or Identity, where that
+normalisation is not the previous convolution's own (ConvNeXt's LayerNorm ->
+Conv 2x2/2 downsampling after a residual Add, its LayerNorm applied
+channels-last between two Transposes; DenseNet's BN -> ReLU -> Conv after a
+Concat). In Conv -> BN -> ReLU -> Conv the BatchNorm belongs to the first
+convolution, and the second is checked as usual.
 
 What a missing norm means depends on the format:
 
@@ -57,9 +60,9 @@ from pwlint.walk import downstream, is_padding, is_transparent, source_of
 
 PASS_KINDS = frozenset({"act", "add", "mul", "concat", "pool", "reshape", "flatten", "dropout", "identity"})
 GATES = frozenset({"sigmoid", "hard_sigmoid"})
-#: layers between a normalisation and the conv it feeds in a pre-norm design; no
-#: activation: norm -> act -> conv is pre-activation, whose convs' outputs are
-#: normalised by the next norm, and a conv after Conv-BN-ReLU is checked as usual
+#: layers between a normalisation and the conv it feeds in a pre-norm design: a conv
+#: whose input is normalised (norm -> act -> conv included) is not reported; a missing
+#: norm after it shows up at the next conv, whose input is then not normalised
 PRE_NORM_KINDS = frozenset({"pool", "reshape", "flatten", "transpose", "dropout", "identity"})
 #: normalisations an exporter can fold into the convolution before them
 BATCH_NORMS = frozenset({"batch", "frozen_batch"})
@@ -111,14 +114,22 @@ def _constant_affine(graph: ModelGraph, layer: Layer) -> bool:
 
 
 def _is_pre_norm(graph: ModelGraph, conv: Layer) -> bool:
-    """The conv's input is a normalisation's output, with only pooling, padding,
-    reshapes, layout transposes and a constant scale or shift between (ConvNeXt's LayerNorm -> Conv 2x2/2
+    """The conv's input is a normalisation's output, with only activations, pooling, padding,
+    reshapes, layout transposes and a constant scale or shift between, and that norm is
+    not the previous conv's own (it follows an Add, a Concat, pooling or the input) (ConvNeXt's LayerNorm -> Conv 2x2/2
     downsampling, its LayerNorm applied channels-last between two Transposes)."""
     through = lambda l: (
         l.kind in PRE_NORM_KINDS or is_transparent(l) or is_padding(l) or _constant_affine(graph, l)
+        or (l.kind == "act" and l.attrs.get("activation") not in GATES)
     )
     source = source_of(graph, conv, through)
-    return source is not None and source.kind == "norm"
+    if source is None or source.kind != "norm":
+        return False
+    # a norm straight after another conv is that conv's own (Conv-BN-ReLU-Conv): the conv
+    # after it is checked as usual, or a missing norm after it would never be reported
+    upstream = lambda l: is_transparent(l) or l.kind in ("reshape", "transpose")
+    before = source_of(graph, source, upstream)
+    return before is None or before.kind != "conv"
 
 
 def _unnormalised_successor(graph: ModelGraph, conv: Layer) -> Layer | None:

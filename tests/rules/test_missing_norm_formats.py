@@ -295,15 +295,16 @@ def test_densenet_eval_export_is_folded_in_part(densenet_onnx, exporter):
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_densenet_eval_export_gets_one_info_not_warnings(densenet_onnx, pwlint, exporter):
-    """stem1 (a real missing norm) and each 1x1 conv (its BatchNorm folded) reach the next
-    conv through ReLU only; the file cannot tell them apart, so: one info naming the
-    three, no warning, and a passing run."""
+    """Each 1x1 conv reads BN -> ReLU after a Concat: pre-norm, not reported, though its
+    own BatchNorm was folded away. stem1 (a real missing norm) reaches stem2 through ReLU
+    only, and no BatchNorm follows any conv in the file: one info naming stem1, no
+    warning, and a passing run."""
     path = densenet_onnx(exporter)
     kernels = _convs_by_kernel(path)
     report = lint(path)
     (finding,) = findings(report, "PW003")
     assert finding["severity"] == "info"
-    assert sorted(finding["nodes"]) == sorted(n for n, k in kernels.items() if k in ((5, 5), (1, 1)))
+    assert finding["nodes"] == [n for n, k in kernels.items() if k == (5, 5)]
     assert "folded" in finding["message"] and "TrainingMode.PRESERVE" in finding["message"]
     assert [f for f in report["findings"] if f["severity"] != "info"] == []
     assert pwlint("check", str(path)).code == 0
@@ -542,19 +543,23 @@ BATCH_NORM = "[pre_bn] ln_out = BatchNormalization (s, bn, bn, bn, bn)"
         (CHANNELS_LAST_LN, "[keep] h = Identity (ln_out)", False, []),
         (BATCH_NORM, "[pad] h = Pad (ln_out, pads)", True, []),
         (BATCH_NORM, "[pool] h = MaxPool <kernel_shape = [1, 1]> (ln_out)", False, []),
-        (BATCH_NORM, "[act] h = Relu (ln_out)", False, [["down", "conv2"]]),
+        (BATCH_NORM, "[act] h = Relu (ln_out)", False, []),
+        # the BatchNorm right after the stem conv is the stem's own: `down` is checked
+        ("[pre_bn] ln_out = BatchNormalization (c0, bn, bn, bn, bn)", "[act] h = Relu (ln_out)", False,
+         [["down", "conv2"]]),
         # the stem's own output also reaches `down` through the residual Add, unnormalised
         ("[no_norm] ln_out = Identity (s)", "[keep] h = Identity (ln_out)", False, [["stem", "down"], ["down", "conv2"]]),
     ],
-    ids=["channels-last-layer-norm", "through-padding", "through-pooling", "through-activation-is-checked",
-         "no-norm-control"],
+    ids=["channels-last-layer-norm", "through-padding", "through-pooling", "through-activation",
+         "previous-conv-own-norm-is-checked", "no-norm-control"],
 )
 def test_pre_norm_conv(onnx_text, norm, between, pad, reported):
-    """The downsampling conv's input is a norm's output (through layout Transposes,
-    padding, pooling): pre-norm, not reported. With an activation in between, it is the
-    ordinary norm -> act -> conv order and the conv's own output is checked: it reaches
-    conv2 through ReLU only (a BatchNorm follows the stem conv, so a warning). Without
-    the norm, likewise, and the stem conv's output reaches it through the Add."""
+    """The downsampling conv's input is the output of a norm after the residual Add
+    (through layout Transposes, padding, pooling or an activation): pre-norm, not
+    reported. When the norm is the stem conv's own (Conv -> BN -> ReLU -> Conv), the
+    downsampling conv is checked as usual: it reaches conv2 through ReLU only (a
+    BatchNorm follows the stem conv, so a warning). Without the norm, likewise, and the
+    stem conv's output reaches it through the Add."""
     text = PRE_NORM.format(
         opset=OPSET, norm=norm, between=between, w0=init("w0", 8, 3, 3, 3), bn=init("bn", 8, value=1.0),
         wd=init("wd", 8, 8, 2, 2) if not pad else init("wd", 8, 8, 4, 4), w2=init("w2", 8, 8, 3, 3),
