@@ -38,7 +38,7 @@ def test_json_contract_with_fix(exported, tmp_path):
 def test_json_without_fix_has_no_fix_key(exported):
     report = lint(exported("lenet", "legacy"))
     assert set(report) == {"version", "files", "findings"}
-    assert set(report["files"][0]) == {"path", "format", "error"}
+    assert set(report["files"][0]) == {"path", "format", "error", "coverage"}
 
 
 def test_remaining_findings_are_what_relinting_the_fixed_model_gives(exported, tmp_path):
