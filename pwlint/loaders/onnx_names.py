@@ -24,6 +24,8 @@ CLASSES = "pkg.torch.onnx.class_hierarchy"
 NAMESPACE = "namespace"
 #: metadata longer than this is not an exporter's scope list
 MAX_TEXT = 4096
+#: what a module path looks like: no spaces, quotes, escapes or control characters
+_PLAIN = re.compile(r"[^\s'\"\\\x00-\x1f\x7f]+")
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
 
 
@@ -34,15 +36,19 @@ def module_path(proto, name: str) -> str | None:
     if not props:
         return None
     meta = {entry.key: entry.value for entry in props if entry.key in (SCOPES, CLASSES, NAMESPACE)}
-    path = _from_scopes(meta, name) if SCOPES in meta else _from_namespace(meta.get(NAMESPACE, ""))
-    if not path or path == name or any(ch in path for ch in "\n\r\x00"):
+    path = _from_scopes(meta) if SCOPES in meta else _from_namespace(meta.get(NAMESPACE, ""))
+    if not path or path == name or not _PLAIN.fullmatch(path):
         return None
     return path
 
 
 def _strings(text: str) -> list[str]:
-    if len(text) > MAX_TEXT:
+    """The strings of a Python list repr of strings; empty for anything else."""
+    text = text.strip()
+    if len(text) > MAX_TEXT or not (text.startswith("[") and text.endswith("]")):
         return []
+    if _QUOTED.sub("", text[1:-1]).replace(",", "").strip():
+        return []  # something other than quoted strings between the brackets
     return [single if single or not double else double for single, double in _QUOTED.findall(text)]
 
 
@@ -52,14 +58,14 @@ def _is_operation(qualified: str) -> bool:
     return not last[:1].isupper()
 
 
-def _from_scopes(meta: dict, name: str) -> str | None:
+def _from_scopes(meta: dict) -> str | None:
     scopes = _strings(meta[SCOPES])
     if not scopes:
         return None
     classes = _strings(meta.get(CLASSES, ""))
-    own = len(classes) == len(scopes) and _is_operation(classes[-1])
-    if own or name in (scopes[-1], f"node_{scopes[-1]}"):
-        scopes = scopes[:-1]  # the operation's own name, not a module
+    # the exporter ends the list with the operation's own name (its class: 'aten.relu.default')
+    if not (len(classes) == len(scopes) and not _is_operation(classes[-1])):
+        scopes = scopes[:-1]
     return next((scope for scope in reversed(scopes) if scope), None)
 
 
