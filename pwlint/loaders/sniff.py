@@ -92,12 +92,14 @@ def formats(path: str, head: bytes) -> frozenset[str]:
 def _formats(path: str, head: bytes, version) -> frozenset[str]:
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return _zip_formats(path, head)
-    if is_hdf5(path, head):
+    if head.startswith(HDF5_MAGIC):
         return frozenset({"keras"})
     if head[:1] == b"\x80" and head[1:2] and 2 <= head[1] <= 5:
         return frozenset({"torch"})  # a pickle: the torch loader refuses it with its hint
     if is_onnx(head):
         return frozenset({"onnx"})
+    if is_hdf5(path, head):  # after a user block: a few more small reads, so asked last
+        return frozenset({"keras"})
     return frozenset()
 
 
