@@ -51,6 +51,7 @@ MAX_ATTRIBUTE_VALUES = 4_000_000
 #: If/Loop/Scan bodies inside bodies; protobuf's parser stops near 33, real models at 3 or 4
 MAX_SUBGRAPH_DEPTH = 30
 
+
 @dataclass
 class MissingData:
     """External data that is not there: the tensors that read it, and whether a Git LFS
@@ -241,7 +242,7 @@ def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, 
     return [(subgraph, scope) for subgraph in subgraphs]
 
 
-def _data_absent(tensor, path, folder: str, missing: dict[str, list[str]]) -> bool:
+def _data_absent(tensor, path, folder: str, missing: dict[str, MissingData]) -> bool:
     """Whether the external data of ``tensor`` is not there (no file, or a Git LFS
     pointer in its place); if so it is listed in ``missing``, after the checks that do
     not need the data: its location (inside the model's folder), its dims, its offset
