@@ -73,7 +73,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _suffix(path: Path | str) -> str:
-    return Path(path).suffix.lower()
+    """The file type by suffix; ``.hdf5`` (Keras 2's ModelCheckpoint default) is ``.h5``."""
+    suffix = Path(path).suffix.lower()
+    return ".h5" if suffix == ".hdf5" else suffix
+
+
+def _old_keras_version(model_file: Path | str) -> str | None:
+    """The ``keras_version`` an HDF5 file records, when it is older than Keras 2.2 (whose
+    configs Keras 3 can no longer load: bare-list Sequential, Keras 1 classes)."""
+    try:
+        import h5py
+
+        with h5py.File(model_file, "r") as f:
+            version = f.attrs.get("keras_version")
+    except Exception:  # not HDF5 (a .keras zip), or unreadable: no version to tell
+        return None
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    if not isinstance(version, str):
+        return None
+    parts = version.split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
+    return version if (major, minor) < (2, 2) else None
 
 
 def _keras_reason(exc: BaseException) -> str:
@@ -109,6 +133,12 @@ def load_model(keras, model_file: Path | str, fresh: bool = False):
         with quiet():
             model = keras.saving.load_model(str(model_file), compile=False, safe_mode=True)
     except Exception as exc:
+        old = _old_keras_version(model_file)
+        if old:
+            raise FixNotApplicable(
+                f"Keras 3 cannot load a file written by Keras {old}: open it with that Keras, save it "
+                "again (or export it), and fix the result"
+            ) from exc
         raise FixNotApplicable(f"Keras cannot load the model safely: {_keras_reason(exc)}") from exc
     _last_loaded = (key, model)
     return model
@@ -184,7 +214,7 @@ class KerasFixSession:
         self.path = Path(path)
         self.suffix = _suffix(self.path)
         if self.suffix not in FORMATS:
-            raise PwlintError(f"{path}: the Keras backend fixes .keras and .h5 files")
+            raise PwlintError(f"{path}: the Keras backend fixes .keras and .h5 (.hdf5) files")
         self.workdir = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=self.path.resolve().parent))
         self.last_good = self.path  # the file holding the last verified state
         self.current = self.path  # the file holding the state the fixes so far made

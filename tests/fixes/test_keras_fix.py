@@ -675,3 +675,20 @@ def test_fix_as_a_command_without_keras_backend_set(tmp_path):
     report = json.loads(proc.stdout)
     assert [o["code"] for o in fix_report(report)["applied"]] == ["PW001"]
     assert_same_outputs(original, source)
+
+
+def test_an_hdf5_named_model_is_fixed_in_its_own_format(tmp_path):
+    """``.hdf5`` is Keras 2's ModelCheckpoint suffix for the same HDF5 format as ``.h5``:
+    --fix rewrites it in place, and Keras loads the result with a conv head."""
+    model = randomise(keras_models.lenet())
+    path = tmp_path / "lenet.hdf5"
+    model.save(tmp_path / "lenet.h5")
+    (tmp_path / "lenet.h5").rename(path)
+    run, report = fix_json(path, "--fix")
+    assert run.code in (0, 1), run.err
+    (entry,) = report["files"]
+    assert [o["code"] for o in entry["fix"]["applied"]] == ["PW001"]
+    assert entry["fix"]["written"] == str(path)
+    fixed = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    assert any(type(layer).__name__ == "Conv2D" and layer.name.startswith("fc1") for layer in fixed.layers)
+    assert leftovers(tmp_path) == []

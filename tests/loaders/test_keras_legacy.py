@@ -453,3 +453,17 @@ def test_mutated_legacy_configs(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("legacy-fuzz") / "fuzz.h5"
     write_legacy_h5(path, _mutate(config, data), weights, layer_names=_names(config, weights))
     assert_handled_inprocess(path)
+
+
+def test_fix_on_a_keras_2_0_file_says_keras_3_cannot_load_it(tmp_path, pwlint):
+    """Linting reads the old config; fixing needs Keras 3 to load the file, which it cannot
+    for a Keras 2.0 bare-list Sequential: the fix is not applied, the reason names the
+    version and what to do, and the file is untouched."""
+    path = tmp_path / "emotion_model.hdf5"
+    write_emotion_model(path)
+    before = path.read_bytes()
+    run = pwlint(str(path), "--fix")
+    assert "Traceback" not in run.err + run.out
+    assert "Keras 3 cannot load a file written by Keras 2.0.6" in run.out
+    assert "fixed 0 finding(s)" in run.out
+    assert path.read_bytes() == before
