@@ -31,6 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
     parser.add_argument("--fail-on", choices=[s.value for s in Severity], help="lowest severity of a new finding that makes the exit code 1 (default: warning)")
     parser.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are new findings (errors still exit 2)")
+    parser.add_argument("--allow-missing-weights", action="store_true", help="compare models whose weights are not there from their shapes alone, as for check")
 
 
 @dataclass
@@ -110,7 +111,10 @@ class Comparer:
             fail_on=Severity(args.fail_on) if args.fail_on else None,
         )
         self.registry = registry
-        self.linter = Linter(registry, ConfigResolver(overrides, args.config))
+        self.linter = Linter(
+            registry, ConfigResolver(overrides, args.config),
+            allow_missing_weights=getattr(args, "allow_missing_weights", False),
+        )
 
     def compare(self, status: str, path: str, old: tuple[str, str] | None, new: tuple[str, str] | None) -> ModelDiff:
         """``old`` and ``new`` are (file to read, name to show) or None when that side is
@@ -129,6 +133,7 @@ class Comparer:
 
     def _read(self, file: str, label: str, path: str, settings) -> tuple[Figures, list[Finding]]:
         from pwlint.errors import PwlintError
+        from pwlint.loaders.files import require_plausible_sizes
         from pwlint.stats import model_stats
 
         if os.path.isdir(file):
@@ -140,6 +145,9 @@ class Comparer:
             raise PwlintError(f"{label}: unsupported file type (pwlint reads {', '.join(self.registry.suffixes)})")
         try:
             graph = loader.load(file)
+            # the checks `check` makes on every loaded graph: sizes, coverage, missing weights
+            require_plausible_sizes(graph, file)
+            self.linter.understood(graph, file)
         except PwlintError as exc:
             raise PwlintError(str(exc).replace(file, label)) from None
         except (MemoryError, RecursionError) as exc:

@@ -352,3 +352,47 @@ def test_git_lfs_pointer_is_one_line(repo):
     git(repo, "commit", "-q", "-m", "lfs")
     (repo / "lfs.onnx").write_text(pointer.replace("123", "124"))
     assert "Git LFS pointer" in one_line_error(run_inprocess("diff", "--git", "HEAD", "lfs.onnx"))
+
+
+def test_diff_refuses_what_check_refuses(models, onnx_text, tmp_path):
+    """diff reads models through the same checks as check: a Keras config declaring
+    units=2**62 (caught only on the loaded graph) and a model of operators pwlint does not
+    know are errors, not a comparison with 4.15e22 parameters or of nothing."""
+    import zipfile
+
+    huge = tmp_path / "huge.keras"
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "x", "batch_shape": [None, 8]}},
+        {"class_name": "Dense", "config": {"name": "d", "units": 2**62}}]}}
+    with zipfile.ZipFile(huge, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+    assert run_inprocess("check", str(huge)).code == 2
+    assert "not a real model" in one_line_error(run_inprocess("diff", str(huge), str(huge)))
+    custom = onnx_text("""<ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
+    g (float[1,4] x) => (float[1,4] y) { y = com.example.Secret(x) }""", check=False)
+    assert "cannot check" in one_line_error(run_inprocess("diff", str(models["old"]), str(custom)))
+
+
+def test_diff_of_a_model_without_its_external_data(models, tmp_path):
+    """Missing weights are refused as by check, and compared from shapes when allowed."""
+    import onnx
+
+    from onnx import numpy_helper
+
+    model = onnx.load(str(models["unnormalised"]))
+    for tensor in model.graph.initializer:  # written from text: only raw bytes go external
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save(model, folder / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    (folder / "m.onnx.data").unlink()
+    line = one_line_error(run_inprocess("diff", str(models["old"]), str(folder / "m.onnx")))
+    assert "m.onnx.data" in line and "--allow-missing-weights" in line
+    allowed = run_inprocess("diff", str(models["old"]), str(folder / "m.onnx"), "--allow-missing-weights")
+    assert allowed.code in (0, 1) and allowed.err == ""
+    # the same new finding and parameter count as with the weights (file sizes differ:
+    # the external data is not part of the model file)
+    complete = diff_json(models["old"], models["unnormalised"])["models"][0]
+    shapes_only = diff_json(models["old"], folder / "m.onnx", "--allow-missing-weights")["models"][0]
+    assert codes(shapes_only["new_findings"]) == codes(complete["new_findings"]) == ["PW003"]
+    assert shapes_only["after"]["params"] == complete["after"]["params"]
