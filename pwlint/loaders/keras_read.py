@@ -29,6 +29,7 @@ from typing import Any, Iterator
 from pwlint.errors import LoadError
 from pwlint.loaders.files import read_at_most
 from pwlint.loaders.keras_legacy import normalise
+from pwlint.loaders.sniff import is_hdf5
 
 #: the largest model config read (config.json member or model_config attribute)
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
@@ -73,7 +74,7 @@ def open_keras(path: str) -> Iterator[KerasFile]:
     if head.startswith(ZIP_MAGIC) or zipfile.is_zipfile(path):
         with _open_zip(path) as model:
             yield model
-    elif head == HDF5_MAGIC:
+    elif head == HDF5_MAGIC or is_hdf5(path, head):  # the signature may follow a user block
         with _open_legacy_h5(path) as model:
             yield model
     else:

@@ -467,3 +467,22 @@ def test_fix_on_a_keras_2_0_file_says_keras_3_cannot_load_it(tmp_path, pwlint):
     assert "Keras 3 cannot load a file written by Keras 2.0.6" in run.out
     assert "fixed 0 finding(s)" in run.out
     assert path.read_bytes() == before
+
+
+def test_an_h5_model_behind_a_user_block_is_read(tmp_path):
+    """HDF5 lets a file start with a user block (the signature then sits at 512, 1024...):
+    the Keras loader reads such a file like any other, findings included."""
+    import h5py
+
+    plain = tmp_path / "emotion_model.h5"
+    write_emotion_model(plain)
+    blocked = tmp_path / "blocked.h5"
+    with h5py.File(plain, "r") as src, h5py.File(blocked, "w", userblock_size=1024) as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for name in src:
+            src.copy(src[name], dst, name=name)
+    assert blocked.read_bytes()[:4] != b"\x89HDF"
+    plain_report, blocked_report = lint(plain), lint(blocked)
+    assert [f["message"] for f in blocked_report["findings"]] == [f["message"] for f in plain_report["findings"]]
+    assert [f["code"] for f in blocked_report["findings"]].count("PW001") == 1
