@@ -33,7 +33,12 @@ What the graph looks like:
   config when a file stores no weights for a layer.
 * **Unknown classes** (Lambda, custom layers, ``TFOpLambda``) become ``other``
   layers with ``op`` = the class name. A top-level model that is not a layer
-  graph (a subclassed ``keras.Model``) is one ``other`` layer.
+  graph (a subclassed ``keras.Model``) is one ``other`` layer. Layers of classes
+  Keras ships are ``understood``; Lambda, custom classes and a subclassed model
+  are not, and a model with none understood is refused (see :mod:`pwlint.coverage`).
+* **Old files.** Keras 1 and 2.0-2.1 configs are translated to the later form
+  first (:mod:`keras_legacy`): bare-list Sequential configs, Keras 1 classes and
+  keys, ``Merge`` layers, Keras 1 weight names.
 * ``Layer.source`` is a :class:`KerasSource`: the layer's path and its config
   dict as stored, for a Keras fix backend. Edges carry Keras' tensor names,
   ``<layer>[<call>][<output>]`` as in ``model.summary()``.
