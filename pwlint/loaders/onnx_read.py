@@ -13,6 +13,7 @@ from math import prod
 
 from pwlint.errors import LoadError
 from pwlint.loaders.files import require_model_file
+from pwlint.loaders.onnx_contrib_shapes import infer_with_contrib
 
 FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 #: Initializers at most this large keep their values for shape inference
@@ -175,8 +176,12 @@ def describe_model(model) -> OnnxModel:
                 elif attr.type == AttributeProto.GRAPHS:
                     graphs.extend((g, depth + 1) for g in attr.graphs)
 
+    def infer(light):
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(_shapes_only_copy(model), strict_mode=False, data_prop=True)
+        # onnxruntime's quantized contrib operators are given their shapes between rounds
+        inferred = infer_with_contrib(_shapes_only_copy(model), infer)
     except Exception:  # inference is best effort: unknown shapes make rules abstain
         inferred = model
 

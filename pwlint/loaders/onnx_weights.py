@@ -28,6 +28,7 @@ CHAIN_OPS = frozenset({
 CHAIN_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
 #: a weight is seldom more than a few conversions away from its stored tensor
 MAX_CHAIN = 16
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +63,12 @@ class WeightResolver:
 
     def __call__(self, tensor: str) -> Weight | None:
         """The constant behind ``tensor``, or None if its value depends on data."""
+        known = self._known
+        weight = known.get(tensor, _UNKNOWN)
+        if weight is not _UNKNOWN:
+            return weight
         if not tensor:
             return None
-        known = self._known
-        if tensor in known:
-            return known[tensor]
         # walk back to a stored tensor (or a ConstantOfShape), then forward through the chain
         chain: list[Node] = []
         current = tensor

@@ -9,6 +9,8 @@ Float model (random weights, seeded), 3x16x16 input::
 
 The dense layers are Gemm nodes, or MatMul + Add (``head="matmul"``), which the
 quantizer turns into different operators (QGemm vs QLinearMatMul + QLinearAdd).
+``head="gap"`` is a ResNet-like head instead: a 1x1 conv added to its input, global
+average pooling, Flatten, dense (16 -> 10) (QLinearAdd, QLinearGlobalAveragePool).
 """
 
 from __future__ import annotations
@@ -53,7 +55,16 @@ def float_model(head: str = "gemm", norm: bool = False) -> onnx.ModelProto:
         helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Flatten", ["p2"], ["f"], name="flatten"),
     ]
-    if head == "gemm":
+    if head == "gap":
+        nodes[-1] = helper.make_node("Conv", ["p2", "w3", "b3"], ["c3"], name="conv3", kernel_shape=[1, 1])
+        nodes += [
+            helper.make_node("Add", ["c3", "p2"], ["s"], name="residual"),
+            helper.make_node("GlobalAveragePool", ["s"], ["g"], name="pool"),
+            helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+            helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
+        ]
+        inits += [init("w3", C2, C2, 1, 1), init("b3", C2), init("fc_w", CLASSES, C2), init("fc_b", CLASSES)]
+    elif head == "gemm":
         nodes += [
             helper.make_node("Gemm", ["f", "fc1_w", "fc1_b"], ["h"], name="fc1", transB=1),
             helper.make_node("Relu", ["h"], ["r3"], name="relu3"),
@@ -69,7 +80,8 @@ def float_model(head: str = "gemm", norm: bool = False) -> onnx.ModelProto:
             helper.make_node("Add", ["m2", "fc2_b"], ["y"], name="fc2_bias"),
         ]
         inits += [init("fc1_w", FEATURES, HIDDEN), init("fc2_w", HIDDEN, CLASSES)]
-    inits += [init("fc1_b", HIDDEN), init("fc2_b", CLASSES)]
+    if head != "gap":
+        inits += [init("fc1_b", HIDDEN), init("fc2_b", CLASSES)]
     graph = helper.make_graph(
         nodes, "alexnet_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CLASSES])], inits,

@@ -163,3 +163,21 @@ def test_a_relu_the_quantizer_folded_into_a_quantize_pair_is_still_a_relu(models
     assert (after_norm.kind, after_norm.attrs.get("activation")) == ("act", "relu")
     (after_conv,) = graph.consumers(graph.layer("conv1"))
     assert after_conv.kind == "identity"  # conv1's output has negatives: a plain pair
+
+
+@pytest.mark.parametrize("form", ["qoperator", "qoperator-per-channel"])
+def test_shapes_are_known_past_quantized_contrib_operators(models, form):
+    """ONNX's shape inference stops at onnxruntime's QLinearAdd and
+    QLinearGlobalAveragePool; pwlint gives them their shapes, so the Flatten after the
+    quantized global pool is known to flatten a 1x1 map (no PW001, nothing unchecked)."""
+    path = models(form, "gap")
+    assert {"QLinearAdd", "QLinearGlobalAveragePool", "QGemm"} <= op_types(path)
+    quantized = report(models, path)
+    expected = sorted(without_names(f) for f in report(models, models(None, "gap"))["findings"])
+    assert sorted(without_names(f) for f in quantized["findings"]) == expected
+    assert "PW001" not in [code for code, _, _ in expected]
+    (coverage,) = [f["coverage"] for f in quantized["files"]]
+    assert coverage["unchecked"] == [] and coverage["shapes_known"] == coverage["layers"]
+    graph = load(str(path))
+    (flatten,) = graph.layers("flatten")
+    assert flatten.input_shape == (1, C2, 1, 1) and flatten.output_shape == (1, C2)
