@@ -468,11 +468,17 @@ def _write(model, path):
     return path
 
 
-def test_missing_external_data_is_not_needed(tmp_path):
+def test_missing_external_data_is_not_needed_to_lint_when_allowed(tmp_path):
+    """Shapes come from the model file alone: the graph is complete without the data, and
+    with --allow-missing-weights the findings are the usual ones (without it, the absent
+    file is an error: tests/loaders/test_missing_weights.py)."""
     path = _write(_with_external_weight("fc_weights.bin"), tmp_path / "m.onnx")
     graph = load(str(path))
     assert graph.layer("fc").params == K * C * S * S + K
-    assert "PW001" in codes(lint(path))
+    from pwlint.loaders.onnx_loader import OnnxLoader
+
+    assert "fc_weights.bin" in OnnxLoader.load(str(path)).meta["missing_weights"]
+    assert "PW001" in codes(lint(path, "--allow-missing-weights"))
     assert not (tmp_path / "fc_weights.bin").exists()
 
 
