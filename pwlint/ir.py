@@ -35,6 +35,12 @@ class Layer:
     and a model where nothing was understood is never called clean. ``module`` is the
     source-code path the file records for a node whose own name is generated
     (``classifier.1`` for dynamo's ``node_linear``); messages show :attr:`label`.
+
+    ``attrs`` keys rules rely on: ``kernel``, ``stride``, ``groups``, ``in_channels``,
+    ``out_channels`` (conv); ``in_features``, ``out_features``, ``bias``,
+    ``per_position`` (dense); ``norm_type`` (norm); ``activation`` (act);
+    ``layout_change`` (transpose); ``shared_weights``; ``quantized`` (the layer computes
+    on integer weights: fix backends do not rewrite it).
     """
 
     name: str
