@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pwlint.ir import Layer, ModelGraph, UniqueNames
 from pwlint.loaders.torch_ops import CONV, DENSE, bias_add, describe, is_auxiliary, is_understood
+from pwlint.loaders.torch_patterns import norm_groups
 from pwlint.loaders.torch_program import OpNode, Program, Tensors
 
 
@@ -47,12 +48,17 @@ class _Builder:
             work = [i for i in work if not bias_add(self.nodes[i], self.tensors)]
         return work
 
-    def groups(self) -> list[tuple[list[int], bool]]:
-        """Groups of node indices in graph order, each with whether it is a whole module call."""
+    def groups(self) -> list[tuple[list[int], bool, str | None]]:
+        """Groups of node indices in graph order, each with whether it is a whole module
+        call and, for a written-out normalisation, its ``norm_type``."""
         inner = {c.key for node in self.nodes for c in node.stack[:-1]}
         by_call: dict[str, list[int]] = {}
         order: list[tuple[list[int], bool]] = []
         group_of: dict[int, int] = {}
+        norms = norm_groups(self.nodes, self.tensors, self.consumers, self.program.outputs)
+        norm_at = {norm.members[0]: norm for norm in norms}
+        in_norm = {index for norm in norms for index in norm.members}
+        norm_type: dict[int, str] = {}
         for index, node in enumerate(self.nodes):
             if self._is_prep(node):
                 continue
@@ -64,7 +70,12 @@ class _Builder:
                 continue
             call = node.module
             members = by_call.get(call.key) if call is not None else None
-            if members and len(self._main(members)) <= 1:
+            if index in norm_at:
+                group = list(norm_at[index].members)
+                # a normalisation module written out (ConvNeXt's LayerNorm) is named by its path
+                whole = members is not None and set(members) == set(group)
+                norm_type[len(order)] = norm_at[index].norm_type
+            elif members and len(self._main(members)) <= 1 and not in_norm.intersection(members):
                 group, whole = list(members), True
             else:
                 group, whole = [index], False
@@ -73,7 +84,7 @@ class _Builder:
             order.append((group, whole))
         self._fold_patterns(order, group_of)
         self._attach_prep(order, group_of)
-        return [(sorted(g), whole) for g, whole in order if g]
+        return [(sorted(g), whole, norm_type.get(number)) for number, (g, whole) in enumerate(order) if g]
 
     def _fold_patterns(self, order, group_of) -> None:
         """Outside leaf modules: a conv/dense takes its bias add, a getitem its producer."""
@@ -124,9 +135,9 @@ class _Builder:
             producer_layer[tensor] = layer.name
         layers = []
         groups = self.groups()
-        shared = self._shared_params([group for group, _ in groups])
-        for group, whole in groups:
-            layer = self._layer(group, whole, shared)
+        shared = self._shared_params([group for group, _, _ in groups])
+        for group, whole, norm_type in groups:
+            layer = self._layer(group, whole, shared, norm_type)
             self.graph.add_layer(layer)
             layers.append(layer)
             for index in group:
@@ -163,7 +174,7 @@ class _Builder:
             return self.nodes[main[0]]
         return self.nodes[next((i for i in group if not self._is_prep(self.nodes[i])), group[0])]
 
-    def _layer(self, group: list[int], whole: bool, shared: set[str]) -> Layer:
+    def _layer(self, group: list[int], whole: bool, shared: set[str], norm_type: str | None = None) -> Layer:
         nodes = [self.nodes[i] for i in group]
         primary = self._primary(group)
         call = primary.module
@@ -181,7 +192,10 @@ class _Builder:
             outputs = primary.outputs[:1]
         params = set().union(*(self.tensors.params(t) for t in inputs if self.tensors.is_const(t)))
         data_shape = self.tensors.shape(data_inputs[0]) if data_inputs else None
-        kind, attrs = describe(primary, nodes, self.tensors, data_shape)
+        if norm_type is not None:
+            kind, attrs = "norm", {"norm_type": norm_type}
+        else:
+            kind, attrs = describe(primary, nodes, self.tensors, data_shape)
         attrs.update(inputs=inputs, data_inputs=data_inputs, outputs=outputs)
         if call is not None:
             attrs.update(module=call.path, module_class=call.cls)
