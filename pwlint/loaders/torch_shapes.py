@@ -17,6 +17,9 @@ from pwlint.loaders.torch_ops import ACTIVATIONS, ADAPTIVE_POOLS, CONV, NORMS, P
 from pwlint.loaders.torch_program import OpNode
 
 Shape = tuple
+#: elementwise operators whose output has their input's shape (the arithmetic of a
+#: written-out normalisation: ``sqrt``, ``rsqrt``, ``pow`` by a number)
+UNARY = frozenset({"sqrt", "rsqrt", "reciprocal", "neg", "abs", "exp", "log", "square", "pow", "clamp_min", "clamp_max"})
 
 
 def _ints(value, rank: int) -> list:
@@ -61,7 +64,7 @@ def infer(node: OpNode, shape_of: Callable[[str | None], Shape | None]) -> Shape
             if source is None or not weight:
                 return None
             return tuple(source[:-1]) + ((weight[0],) if base == "linear" else (weight[-1],))
-        if base in NORMS or base in ACTIVATIONS or SIMPLE.get(base) in ("dropout", "identity"):
+        if base in NORMS or base in ACTIVATIONS or base in UNARY or SIMPLE.get(base) in ("dropout", "identity"):
             return x
         if base in ("add", "sub", "mul", "div"):
             other = node.tensor("other")
@@ -104,7 +107,8 @@ def _broadcast(a, b):
     if a is None or b is None:
         return None
     rank = max(len(a), len(b))
-    a, b = (None,) * (rank - len(a)) + tuple(a), (None,) * (rank - len(b)) + tuple(b)
+    # missing leading dimensions broadcast like dimensions of size 1
+    a, b = (1,) * (rank - len(a)) + tuple(a), (1,) * (rank - len(b)) + tuple(b)
     return tuple(p if p == q else (q if p == 1 else p if q == 1 else None) for p, q in zip(a, b))
 
 

@@ -76,9 +76,11 @@ class Builtins:
         if name not in self.program.weights:
             storage = value.args[0].pid if value.args and isinstance(value.args[0], Persistent) else ()
             floating = len(storage) > 1 and isinstance(storage[1], Global) and storage[1].name in FLOAT_STORAGES
-            # frozen TorchScript keeps the model's weights as constants
-            self.program.weights[name] = Weight(name, shape, "parameter" if floating else "constant")
-            if floating:
+            # frozen TorchScript keeps the model's weights as constants; a 0-d one is a
+            # Python number the tracer turned into a tensor (a norm's eps), not a weight
+            weight = floating and shape != ()
+            self.program.weights[name] = Weight(name, shape, "parameter" if weight else "constant")
+            if weight:
                 self.program.parameters[name] = self.program.weights[name].numel
         return TensorRef(name)
 
