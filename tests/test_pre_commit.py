@@ -58,8 +58,19 @@ def test_hooks_declare_what_pre_commit_needs():
     for hook in hooks.values():
         assert hook["language"] == "python" and hook["require_serial"] is True
         assert hook["minimum_pre_commit_version"]
-        for name in ("m.onnx", "M.ONNX", "m.keras", "m.h5", "m.pt2", "m.pt"):
+        for name in ("m.onnx", "M.ONNX", "m.keras", "m.h5", "m.hdf5", "m.pt2", "m.pt"):
             import re
 
             assert re.search(hook["files"], name), (hook["id"], name)
     assert "--fix" in hooks["pwlint-fix"]["entry"]
+
+
+def test_lint_hook_runs_on_every_file_type_folders_are_searched_for():
+    """What `pwlint check models/` finds, the hook lints when such a file is committed."""
+    import re
+
+    from pwlint.plugins import collect, make_plugin_manager
+
+    hooks = {hook["id"]: hook for hook in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    for suffix in collect(make_plugin_manager(autoload=False)).discovered_suffixes:
+        assert re.search(hooks["pwlint"]["files"], "model" + suffix), suffix
