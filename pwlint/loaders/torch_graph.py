@@ -6,7 +6,10 @@ result. The operators of one call of a leaf module (a module with no submodule i
 graph) form one layer when at most one of them does real work: ``view`` + ``addmm`` +
 ``view`` of a Linear on a rank-4 tensor, ``conv`` + bias ``add``. Every other operator
 is a layer of its own; outside modules a conv or dense operator still takes the bias
-``add`` that follows it.
+``add`` that follows it. A normalisation written out in operators (ConvNeXt's
+channels-first LayerNorm, RMSNorm, a frozen BatchNorm's ``x * scale + shift``; see
+:mod:`pwlint.loaders.torch_patterns`) is one ``norm`` layer, named by its module path
+when it is the whole call of a leaf module.
 
 Names. A layer that is a whole module call is named by the module path
 (``features.0``, ``classifier.3``; ``act#2`` for the second call of a module used

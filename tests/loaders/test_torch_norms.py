@@ -140,7 +140,24 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale + bias
 
 
-NORMS = {"frozen": FrozenBatchNorm2d, "rms": ChannelsFirstRMSNorm, "none": lambda channels: nn.Identity()}
+class GroupNorm(nn.Module):
+    """GroupNorm written with views: statistics over each group of channels."""
+
+    def __init__(self, channels: int, groups: int = 2):
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        y = x.view(n, self.groups, -1)
+        y = (y - y.mean(-1, keepdim=True)) / (y.var(-1, keepdim=True, unbiased=False) + 1e-5).sqrt()
+        return y.view(n, c, h, w) * self.weight + self.bias
+
+
+NORMS = {"frozen": FrozenBatchNorm2d, "rms": ChannelsFirstRMSNorm, "group": GroupNorm,
+         "none": lambda channels: nn.Identity()}
 
 
 class SmallVGG(nn.Module):
@@ -312,21 +329,23 @@ def test_convnext_without_the_downsampling_norm_reports_the_downsampling_conv(sa
 
 
 @pytest.mark.parametrize("fmt", (*FORMATS, "script"))
-@pytest.mark.parametrize("norm, norm_type", [("frozen", "frozen_batch"), ("rms", "decomposed")])
+@pytest.mark.parametrize("norm, norm_type", [("frozen", "frozen_batch"), ("rms", "decomposed"), ("group", "decomposed")])
 def test_vgg_with_written_out_norms_has_no_missing_norm(saved, fmt, norm, norm_type):
     path = saved("vgg", fmt, norm=norm)
-    module = "features.{}" if norm == "frozen" else "features.{}.inner"
+    module = "features.{}.inner" if norm == "rms" else "features.{}"
     assert norm_layers(path) == {module.format(i): norm_type for i in (1, 4, 8)}
     assert findings(lint(path), "PW003") == []
 
 
 @pytest.mark.parametrize("fmt", (*FORMATS, "script"))
-@pytest.mark.parametrize("norm", ["frozen", "rms", "none"])
+@pytest.mark.parametrize("norm", ["frozen", "rms", "group", "none"])
 def test_written_out_norms_leave_the_parameter_count_alone(saved, fmt, norm):
-    """FrozenBatchNorm2d holds buffers, not parameters; RMSNorm one weight per channel."""
+    """FrozenBatchNorm2d holds buffers, not parameters; RMSNorm one weight per channel,
+    GroupNorm a weight and a bias; eps is no parameter."""
     graph = load(str(saved("vgg", fmt, norm=norm)))
     convs = 3 * 8 * 9 + 8 * 16 * 9 + 16 * 16 * 9
-    expected = convs + 16 * 10 + 10 + (8 + 16 + 16 if norm == "rms" else 0)
+    per_channel = {"rms": 1, "group": 2}.get(norm, 0)
+    expected = convs + 16 * 10 + 10 + per_channel * (8 + 16 + 16)
     assert graph.total_params == expected == sum(p.numel() for p in SmallVGG(norm).parameters())
     assert sum(layer.params for layer in graph.layers()) == expected
 
