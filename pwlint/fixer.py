@@ -6,6 +6,12 @@ see the graph the earlier fixes left. After each round the candidate model goes
 through the format's checker and is run on the same seeded inputs as before the
 round: a safe round whose outputs move beyond tolerance is rolled back and
 reported as not applied, with the measured error.
+
+Outputs are matched by name where the backend names them (ONNX graph outputs): a
+round that renames, drops, adds or reorders outputs is rolled back whatever its
+safety, since code that reads ``session.run(["logits"], ...)`` or indexes the
+outputs by position would break. Backends that return a plain list are matched by
+position.
 """
 
 from __future__ import annotations
@@ -98,13 +104,42 @@ class FixReport:
         return None if stats is None else {**stats.to_json(), "file_size": size}
 
 
-def compare(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, float, bool]:
+def named_outputs(outputs) -> dict[str, np.ndarray]:
+    """A backend's outputs by name: a dict as given (ONNX), a list named by position."""
+    if isinstance(outputs, dict):
+        return outputs
+    return {f"output #{index}": value for index, value in enumerate(outputs)}
+
+
+def output_change(before, after) -> str | None:
+    """What changed in the outputs' names, order or shapes between two runs, or None."""
+    before, after = named_outputs(before), named_outputs(after)
+    missing = [name for name in before if name not in after]
+    new = [name for name in after if name not in before]
+    if missing or new:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(f"'{n}'" for n in missing))
+        if new:
+            parts.append("new " + ", ".join(f"'{n}'" for n in new))
+        return f"the fixed model's outputs changed names ({'; '.join(parts)})"
+    if list(before) != list(after):
+        return f"the fixed model's outputs changed order ({', '.join(after)} instead of {', '.join(before)})"
+    if any(np.shape(after[name]) != np.shape(value) for name, value in before.items()):
+        return "the fixed model's outputs changed shape"
+    return None
+
+
+def compare(before, after) -> tuple[float, float, bool]:
     """Max absolute difference, max difference relative to the outputs' scale, and
-    whether every element is within ``ATOL + RTOL * |before|``."""
-    if len(before) != len(after) or any(a.shape != b.shape for a, b in zip(before, after)):
+    whether every element is within ``ATOL + RTOL * |before|``. Outputs (lists, or
+    dicts by name) are paired by name; any change of names, order or shape is an
+    infinite difference."""
+    if output_change(before, after) is not None:
         return float("inf"), float("inf"), False
+    before, after = named_outputs(before), named_outputs(after)
     worst_abs, worst_rel, close = 0.0, 0.0, True
-    for b, a in zip(before, after):
+    for b, a in ((before[name], after[name]) for name in before):
         b64, a64 = np.asarray(b, np.float64), np.asarray(a, np.float64)
         if b64.size == 0:
             continue
@@ -148,7 +183,8 @@ def fix_file(
             except Exception as exc:  # whatever the runtime raised: a candidate's run is judged alike
                 unverifiable = f"cannot verify: {_reason(exc)} (--no-verify applies fixes without the numeric check)"
             else:
-                if not any(np.isfinite(np.asarray(out, np.float64)).any() for out in baseline if np.size(out)):
+                arrays = named_outputs(baseline).values()
+                if not any(np.isfinite(np.asarray(out, np.float64)).any() for out in arrays if np.size(out)):
                     # nothing to compare: every output is NaN or inf on the sample inputs
                     unverifiable = (
                         "cannot verify: the model's outputs are all NaN or inf on random inputs "
@@ -277,8 +313,9 @@ def _verify_round(session, backend, mode: FixMode, feeds, current, applied: list
         _, outputs = backend.run(candidate, feeds)
     except Exception as exc:
         return _roll_back(session, applied, f"the fixed model does not run: {_reason(exc)}", current)
-    if len(outputs) != len(current) or any(np.shape(a) != np.shape(b) for a, b in zip(outputs, current)):
-        return _roll_back(session, applied, "the fixed model's outputs changed shape", current)
+    change = output_change(current, outputs)
+    if change is not None:  # names and shapes are the model's interface: no fix may change them
+        return _roll_back(session, applied, change, current)
     worst_abs, worst_rel, close = compare(current, outputs)
     if worst_abs == float("inf"):
         return _roll_back(session, applied, "the fixed model's outputs have NaN or inf where the original's do not", current)

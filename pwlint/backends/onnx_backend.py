@@ -230,8 +230,10 @@ def _feeds(session, seed: int, symbolic: int) -> dict:
     return feeds
 
 
-def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tuple[dict, list[np.ndarray]]:
-    """Run a model file with onnxruntime on seeded inputs (or the given ones)."""
+def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run a model file with onnxruntime on seeded inputs (or the given ones). The
+    outputs come back by name, in the graph's order, so that verification notices a
+    fix that renames or reorders them."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -251,13 +253,18 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
         raise FixNotApplicable(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
     run_options = ort.RunOptions()
     run_options.log_severity_level = 4
+    names = [output.name for output in session.get_outputs()]
+
+    def run(feeds: dict) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feeds, run_options)))
+
     if feeds is not None:
-        return feeds, session.run(None, feeds, run_options)
+        return feeds, run(feeds)
     last_error = None
     for symbolic in (SYMBOLIC_DIM, 1):
         feeds = _feeds(session, seed, symbolic)
         try:
-            return feeds, session.run(None, feeds, run_options)
+            return feeds, run(feeds)
         except Exception as exc:  # a model may only run with batch 1: try that next
             last_error = exc
     raise FixNotApplicable(f"onnxruntime cannot run the model: {str(last_error).splitlines()[0]}")
