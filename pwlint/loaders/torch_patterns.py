@@ -192,8 +192,19 @@ class _Finder:
                 break
             if base == "div" and node.tensor("self") != out:
                 break
+            if base in ("add", "sub", "mul", "div") and (others or not all(
+                    self._vector(t) for _, t in node.tensor_args() if t != out)):
+                # ``y + x`` (a residual) or ``y + position_embedding`` is the model's next
+                # step, not the norm's shift
+                break
             members.add(index)
             out = node.outputs[0]
+
+    def _vector(self, tensor: str) -> bool:
+        """A stored operand with at most one dimension above 1 (a weight or bias per
+        channel), or one whose shape is not known."""
+        shape = self.tensors.shape(tensor)
+        return shape is None or sum(1 for d in shape if d is None or d > 1) <= 1
 
     def decomposed(self) -> list[NormGroup]:
         groups = []
@@ -220,6 +231,7 @@ class _Finder:
         shape = self.tensors.shape(const)
         if not self.tensors.is_const(const) or shape is None or None in shape:
             return False
+        shape = tuple(shape)
         if rank is None:
             rank = len(shape) + (shape[:1] != (1,)) if len(shape) >= 2 else None
         if rank is None or rank < 3 or len(shape) > rank:

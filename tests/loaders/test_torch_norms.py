@@ -212,6 +212,24 @@ class SharedStatistic(nn.Module):
         return self.conv2(y + u)
 
 
+class NormThenAdd(nn.Module):
+    """A written-out RMSNorm whose output is added to a position embedding and to its own
+    input: the adds are the model's next steps, not the norm's shift."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+        self.norm = RMSNorm(8)
+        self.position = nn.Parameter(torch.zeros(1, 64, 8))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2).transpose(1, 2)
+        y = self.norm(tokens) + self.position
+        y = tokens + self.norm(y)
+        return self.head(y.mean(1))
+
+
 class FunctionalNorms(nn.Module):
     """``F.batch_norm``, ``F.group_norm``, ``F.instance_norm`` and ``F.layer_norm`` calls."""
 
@@ -262,7 +280,7 @@ def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("norms")
     cache: dict = {}
     builders = {"convnext": MiniConvNeXt, "vgg": SmallVGG, "not_norms": NotNorms,
-                "shared": SharedStatistic, "functional": FunctionalNorms}
+                "shared": SharedStatistic, "functional": FunctionalNorms, "norm_then_add": NormThenAdd}
 
     def get(name: str, fmt: str, **options) -> Path:
         key = (name, fmt, tuple(sorted(options.items())))
@@ -384,3 +402,15 @@ def test_a_statistic_used_outside_stays_separate_layers(saved, fmt):
     (mean,) = [layer for layer in graph.layers() if operator(layer) == "mean"
                and [p.name for p in graph.producers(layer)] == ["conv1"]]
     assert sorted(operator(c) for c in graph.consumers(mean)) == ["add", "sub", "sub"]
+
+
+@pytest.mark.parametrize("fmt", ("pt2", "trace"))
+def test_an_add_after_a_norm_that_is_not_its_shift_stays_outside(saved, fmt):
+    graph = load(str(saved("norm_then_add", fmt)))
+    norms = list(graph.layers("norm"))
+    assert [layer.name for layer in norms] == ["norm", "norm#2"]
+    for norm in norms:
+        assert norm.params == 8  # its weight only, not the 64 x 8 position embedding
+        assert [c.kind for c in graph.consumers(norm)] == ["add"]
+    residual = graph.consumers(graph.layer("norm#2"))[0]
+    assert sorted(p.kind for p in graph.producers(residual)) == ["norm", "transpose"]
