@@ -14,8 +14,9 @@ Two shapes are recognised, as the ONNX loader does (:mod:`pwlint.loaders.onnx_pa
   from stored tensors only, as torchvision's ``FrozenBatchNorm2d`` does from its buffers),
   one value per channel of a channels-first tensor.
 
-A group is only formed when it is a closed piece of dataflow: one computed input (the
-tensor normalised), every intermediate result read only inside the group, one output.
+A group is only formed when it is a closed piece of dataflow: its computed input is the
+tensor normalised (and views or casts of it), every intermediate result is read only
+inside the group, and it has one output.
 So the layer that replaces it keeps the graph's data edges exactly.
 """
 
