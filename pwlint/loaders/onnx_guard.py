@@ -16,7 +16,9 @@ inference or the loader sees it, :func:`check_model` makes sure that
 - every name is text (protobuf returns a name that is not UTF-8 as bytes);
 - every graph is a graph: no node reads its own output, no cycle, no input
   that nothing produces (ONNX and onnxruntime refuse such models, so pwlint
-  must not call them clean);
+  must not call them clean), in If/Loop/Scan bodies as in the main graph; a
+  body's reads of the graphs around it count as inputs of the node holding it,
+  so a branch reading its own If's output is a cycle too;
 - subgraphs are not nested deeper than :data:`MAX_SUBGRAPH_DEPTH`;
 - nodes of the ONNX domain have an opset to be read against, as many inputs
   as their operator needs and attributes of the types it declares.
@@ -109,15 +111,23 @@ def check_model(model, path: str | Path) -> None:
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     operators = _Operators(model)
     budget = _Budget(path)
+    wired: list[_Wiring] = []  # every graph, after the graph holding it
     # each graph comes with the names its enclosing graphs make visible to it
-    pending = [(model.graph, (), 0)]
+    pending = [(model.graph, (), 0, None, 0)]
     while pending:
-        graph, outer, depth = pending.pop()
+        graph, outer, depth, holder, owner = pending.pop()
         if depth > MAX_SUBGRAPH_DEPTH:
             raise LoadError(f"{path}: {subgraphs_too_deep()}")
         budget.spend("nodes", len(graph.node), MAX_NODES)
-        for subgraph, scope in _check_graph(graph, outer, path, folder, operators, budget):
-            pending.append((subgraph, scope, depth + 1))
+        wiring, subgraphs = _check_graph(graph, outer, path, folder, operators, budget)
+        wiring.holder, wiring.owner = holder, owner
+        wired.append(wiring)
+        for subgraph, scope, position in subgraphs:
+            pending.append((subgraph, scope, depth + 1, wiring, position))
+    # inner graphs first: what a subgraph reads from outside is an input of the node holding it
+    for wiring in reversed(wired):
+        wiring.check_order(path)
+        wiring.pass_reads_outwards()
 
 
 class _Budget:
@@ -196,15 +206,17 @@ def _type_name(attribute_type: int) -> str:
         return f"type {attribute_type}"
 
 
-def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, budget: _Budget) -> list:
-    """Check one graph; return its subgraphs, each with the scope it sees.
+def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, budget: _Budget):
+    """Check one graph; return its wiring (whose order is checked once its subgraphs are)
+    and its subgraphs, each with the scope it sees and the position of the node holding it.
 
     Nodes are read once: touching a protobuf field from Python costs microseconds,
     and a graph may have hundreds of thousands of nodes."""
     producer: dict[str, int] = {}
     inputs_of = []
     connections = 0
-    subgraphs = []
+    subgraphs: list = []
+    holders: list[int] = []  # holders[i]: position of the node whose attribute is subgraphs[i]
     tensors = list(graph.initializer)
     for sparse in graph.sparse_initializer:
         tensors += (sparse.values, sparse.indices)
@@ -222,7 +234,9 @@ def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, 
         inputs_of.append(inputs)
         connections += len(inputs) + len(outputs)
         if attributes:
+            held = len(subgraphs)
             _collect_attributes(attributes, subgraphs, tensors, budget, path)
+            holders += [position] * (len(subgraphs) - held)
         operators.check(node, position, op_type, domain, len(inputs), attributes, path)
     budget.spend("node inputs and outputs", connections, MAX_CONNECTIONS)
     missing = _missing_data.get()
@@ -237,9 +251,10 @@ def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, 
     available.update(sparse.values.name for sparse in graph.sparse_initializer)
     for name in available:
         text(name, path)
-    _check_wiring(graph.node, inputs_of, producer, available, outer, path)
+    wiring = _Wiring(graph.node, inputs_of, producer, available)
+    wiring.check_reads(outer, path)
     scope = (*outer, available, producer)
-    return [(subgraph, scope) for subgraph in subgraphs]
+    return wiring, [(subgraph, scope, position) for subgraph, position in zip(subgraphs, holders)]
 
 
 def _data_absent(tensor, path, folder: str, missing: dict[str, MissingData]) -> bool:
@@ -284,28 +299,79 @@ def _collect_attributes(attributes, subgraphs: list, tensors: list, budget: _Bud
             tensors += (sparse.values, sparse.indices)
 
 
-def _check_wiring(nodes, inputs_of: list, producer: dict[str, int], available: set[str], outer: tuple, path) -> None:
-    """Every node input is made by something visible, and the nodes form no cycle.
-    Nodes need not be in order (onnxruntime sorts them); they need to be sortable."""
-    in_order = True
-    for position, inputs in enumerate(inputs_of):
-        for inp in inputs:
-            if not inp:
-                continue  # an optional input left out
-            source = producer.get(inp)
-            if source is None:
-                if inp not in available and not any(inp in names for names in outer):
-                    text(inp, path)  # bytes match no name: every name that could was checked
-                    raise LoadError(
-                        f"{path}: node '{node_label(nodes[position], position)}' reads '{shown(inp)}', "
-                        "which no node, graph input or initializer produces"
-                    )
-            elif source >= position:
+class _Wiring:
+    """Who produces and who reads each name in one graph, to check that every node input
+    is made by something visible and that the nodes form no cycle. Nodes need not be in
+    order (onnxruntime sorts them); they need to be sortable.
+
+    A subgraph's reads of its enclosing graphs' names are inputs of the node holding it
+    (onnxruntime sorts by them too): an If whose branch reads the If's own output, or the
+    output of a node that needs the If's result, closes a cycle in the graph holding it.
+    So the order of a graph is checked after its subgraphs have said what they read."""
+
+    def __init__(self, nodes, inputs_of: list, producer: dict[str, int], available: set[str]) -> None:
+        self.nodes, self.inputs_of, self.producer, self.available = nodes, inputs_of, producer, available
+        #: names read by this graph or its subgraphs that an enclosing graph makes
+        self.reads_outside: set[str] = set()
+        #: position -> names its subgraphs read that a node of this graph makes
+        self.held_reads: dict[int, set[str]] = {}
+        self.in_order = True
+        self.holder: _Wiring | None = None
+        self.owner = 0  # position of the node holding this graph in ``holder``
+
+    def label(self, position: int) -> str:
+        return node_label(self.nodes[position], position)
+
+    def check_reads(self, outer: tuple, path) -> None:
+        """Every input is made here or in an enclosing graph; no node reads its own output."""
+        producer, available = self.producer, self.available
+        for position, inputs in enumerate(self.inputs_of):
+            for inp in inputs:
+                if not inp:
+                    continue  # an optional input left out
+                source = producer.get(inp)
+                if source is None:
+                    if inp in available:
+                        continue
+                    if not any(inp in names for names in outer):
+                        text(inp, path)  # bytes match no name: every name that could was checked
+                        raise LoadError(
+                            f"{path}: node '{self.label(position)}' reads '{shown(inp)}', "
+                            "which no node, graph input or initializer produces"
+                        )
+                    self.reads_outside.add(inp)
+                elif source >= position:
+                    if source == position:
+                        raise LoadError(f"{path}: node '{self.label(position)}' reads its own output '{shown(inp)}'")
+                    self.in_order = False
+
+    def check_order(self, path) -> None:
+        """After every subgraph has passed its reads out: no node needs its own output
+        through a subgraph, and the nodes are sortable."""
+        for position, names in self.held_reads.items():
+            for name in sorted(names):
+                source = self.producer[name]
                 if source == position:
-                    raise LoadError(f"{path}: node '{node_label(nodes[position], position)}' reads its own output '{shown(inp)}'")
-                in_order = False
-    if not in_order:  # exporters write nodes in order; only a graph that is not needs sorting
-        _check_sortable(nodes, inputs_of, producer, path)
+                    raise LoadError(
+                        f"{path}: node '{self.label(position)}' reads its own output '{shown(name)}' from within its subgraph"
+                    )
+                if source > position:
+                    self.in_order = False
+            self.inputs_of[position] = [*self.inputs_of[position], *sorted(names)]
+        if not self.in_order:  # exporters write nodes in order; only a graph that is not needs sorting
+            _check_sortable(self.nodes, self.inputs_of, self.producer, path)
+
+    def pass_reads_outwards(self) -> None:
+        """Hand what this graph reads from outside to the graph holding it: there each
+        name is an input of the holding node, or read from further out."""
+        holder = self.holder
+        if holder is None:
+            return
+        for name in self.reads_outside:
+            if name in holder.producer:
+                holder.held_reads.setdefault(self.owner, set()).add(name)
+            elif name not in holder.available:
+                holder.reads_outside.add(name)
 
 
 def _check_sortable(nodes, inputs_of: list, producer: dict[str, int], path) -> None:
@@ -328,10 +394,10 @@ def _check_sortable(nodes, inputs_of: list, producer: dict[str, int], path) -> N
             if unmet[consumer] == 0:
                 ready.append(consumer)
     if done < len(inputs_of):
-        raise LoadError(f"{path}: nodes form a cycle: {_describe_cycle(nodes, producer, unmet)}")
+        raise LoadError(f"{path}: nodes form a cycle: {_describe_cycle(nodes, inputs_of, producer, unmet)}")
 
 
-def _describe_cycle(nodes, producer: dict[str, int], unmet: list[int]) -> str:
+def _describe_cycle(nodes, inputs_of: list, producer: dict[str, int], unmet: list[int]) -> str:
     """``a -> b -> a`` for one cycle among the nodes left unsorted. Each of them reads
     an output of another one left, so walking back from any of them must repeat."""
     start = next(p for p, count in enumerate(unmet) if count)
@@ -342,7 +408,7 @@ def _describe_cycle(nodes, producer: dict[str, int], unmet: list[int]) -> str:
         seen[current] = len(order)
         order.append(current)
         current = next(
-            producer[inp] for inp in nodes[current].input if inp in producer and unmet[producer[inp]]
+            producer[inp] for inp in inputs_of[current] if inp in producer and unmet[producer[inp]]
         )
     loop = order[seen[current]:][::-1]  # walked backwards: reverse to the data's direction
     names = [node_label(nodes[p], p) for p in loop]

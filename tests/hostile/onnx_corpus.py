@@ -258,6 +258,82 @@ def with_subgraphs() -> onnx.ModelProto:
     return model
 
 
+# faults inside If/Loop bodies -------------------------------------------------------
+
+#: where :func:`in_subgraph` puts a body of nodes: each a path of (node, attribute) from
+#: the main graph down to the graph holding the body
+SUBGRAPH_SITES = {
+    "If then-branch": [("if", "then_branch")],
+    "If else-branch": [("if", "else_branch")],
+    "Loop body": [("loop", "body")],
+    "If inside a Loop body": [("loop", "body"), ("inner_if", "then_branch")],
+}
+
+
+def _branch(nodes, output: str, name: str) -> onnx.GraphProto:
+    """An If branch: no inputs, one [1, 4] output."""
+    return helper.make_graph(list(nodes), name, [], [float_value(output, [1, 4])])
+
+
+def _loop_body(nodes, result: str) -> onnx.GraphProto:
+    """A Loop body carrying one [1, 4] value: ``v_out = v_in + result``, where ``nodes``
+    compute ``result``."""
+    return helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"), *nodes,
+         helper.make_node("Add", ["v_in", result], ["v_out"], name="carry")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), float_value("v_in", [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), float_value("v_out", [1, 4])],
+    )
+
+
+def in_subgraph(site: str, body: list, before: list = (), after: list = ()) -> onnx.ModelProto:
+    """A model whose graph at ``site`` (a key of :data:`SUBGRAPH_SITES`) holds the nodes
+    ``body``, which must compute a [1, 4] tensor ``a`` (they may read the main graph's
+    input ``x``). The main graph runs the nodes ``before``, computes ``y`` with the If
+    or Loop, then runs the nodes ``after`` (which may read ``y``; the last one's output
+    is the model's). Every other graph is valid, so the model is as wrong as ``body``,
+    ``before`` and ``after`` make it, and no more."""
+    passing = [helper.make_node("Identity", ["x"], ["b"], name="pass")]
+    if site == "If then-branch":
+        holder = helper.make_node("If", ["c"], ["y"], name="if", then_branch=_branch(body, "a", "then"),
+                                  else_branch=_branch(passing, "b", "else"))
+    elif site == "If else-branch":
+        holder = helper.make_node("If", ["c"], ["y"], name="if", then_branch=_branch(passing, "b", "then"),
+                                  else_branch=_branch(body, "a", "else"))
+    elif site == "Loop body":
+        holder = helper.make_node("Loop", ["trips", "", "x"], ["y"], name="loop", body=_loop_body(body, "a"))
+    elif site == "If inside a Loop body":
+        inner = helper.make_node("If", ["cond_in"], ["branch_out"], name="inner_if", then_branch=_branch(body, "a", "then"),
+                                 else_branch=_branch(passing, "b", "else"))
+        holder = helper.make_node("Loop", ["trips", "", "x"], ["y"], name="loop", body=_loop_body([inner], "branch_out"))
+    else:
+        raise ValueError(site)
+    last = after[-1].output[0] if after else "y"
+    inputs = [float_value("x", [1, 4]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
+    trips = [numpy_helper.from_array(np.array(2, np.int64), "trips")] if holder.op_type == "Loop" else []
+    return make_model([*before, holder, *after], inputs, [float_value(last, [1, 4])], trips)
+
+
+def two_node_cycle() -> list:
+    """``p`` reads ``q``'s output and ``q`` reads ``p``'s; ``out`` gives ``a``."""
+    return [
+        helper.make_node("Add", ["x", "t1"], ["t0"], name="p"),
+        helper.make_node("Relu", ["t0"], ["t1"], name="q"),
+        helper.make_node("Identity", ["t1"], ["a"], name="out"),
+    ]
+
+
+def self_reading_node() -> list:
+    return [helper.make_node("Add", ["x", "a"], ["a"], name="me")]
+
+
+def dangling_read(name: str = "ghost") -> list:
+    """A node reading ``name``, which no graph this body can see produces."""
+    return [helper.make_node("Add", ["x", name], ["a"], name="stray")]
+
+
 # hand-encoded models -----------------------------------------------------------------
 
 def long_chain(count: int) -> bytes:
