@@ -307,3 +307,52 @@ def test_flatten_of_raw_input_image_into_mlp_is_not_reported(onnx_text):
     }}
     """)
     assert "PW001" not in codes(lint(path))
+
+
+# --- the "N x fewer" figure on small maps ------------------------------------------------------
+
+def _rule_findings(path) -> list:
+    """PW001's findings on a model file, fixes included, straight from the rule."""
+    from pwlint.loaders.onnx_loader import load
+    from pwlint_rules.flatten_dense_head import RULE
+
+    return list(RULE.check(load(str(path)), RULE.options()))
+
+
+def _fewer(text: str) -> str:
+    """The figure of ``(3.7x fewer)`` in a message, checked to appear exactly once."""
+    import re
+
+    (figure,) = re.findall(r"\((\d+(?:\.\d+)?)x fewer\)", text)
+    return figure
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("h, w", [(1, 2), (2, 2), (2, 3), (3, 3), (4, 4)])
+def test_fewer_figure_on_maps_below_ten_positions_is_the_parameter_ratio(onnx_text, h, w, bias):
+    """2x2 and 3x3 maps give ratios below 10x, which are shown with a decimal: the figure
+    must be dense parameters / pointwise parameters, computed here from the layer sizes."""
+    c, classes = 8, 10
+    gemm_inputs = "flat, fc_w, fc_b" if bias else "flat, fc_w"
+    path = onnx_text(f"""
+    {OPSET}
+    small_map (float[1,3,{h + 2},{w + 2}] x) => (float[1,{classes}] y)
+    <{init("conv_w", c, 3, 3, 3)}, {init("fc_w", classes, c * h * w)}, {init("fc_b", classes)}>
+    {{
+        [conv] t1 = Conv <kernel_shape = [3, 3]> (x, conv_w)
+        [relu] t2 = Relu (t1)
+        [flatten] flat = Flatten (t2)
+        [fc] y = Gemm <transB = 1> ({gemm_inputs})
+    }}
+    """)
+    (finding,) = findings(lint(path), "PW001")
+    per_output = 1 if bias else 0
+    dense = (c * h * w + per_output) * classes
+    pointwise = (c + per_output) * classes
+    expected = dense / pointwise
+    # the unsafe pool fix's description repeats the figure; JSON shows only the safe fix
+    (unsafe,) = [fix.description for fix in _rule_findings(path)[0].fixes if fix.applicability == "unsafe"]
+    for text in (finding["message"], unsafe):
+        shown = _fewer(text)
+        decimals = len(shown.partition(".")[2])
+        assert abs(float(shown) - expected) <= 0.5 * 10 ** -decimals, (expected, text)
