@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pwlint.backends.lowrank import factorise, factorised_note
+from pwlint.backends.lowrank import as_written, factorise, factorised_note
 from pwlint.errors import FixNotApplicable
 from pwlint.ir import ModelGraph, unique_name
 
@@ -549,8 +549,10 @@ def factorise_dense(edit: ModelEdit, graph: ModelGraph, plan: dict) -> str:
         second_entry["inbound_nodes"] = [{"args": [_tensor(first_name)], "kwargs": {}}]
         container.layers[position:position + 1] = [first_entry, second_entry]
         container.rewire([name, 0, 0], [second_name, 0, 0])
-    edit.weights[container.prefix + (first_name,)] = [low.first.astype(weight.dtype)]
-    second_values = [low.second.astype(weight.dtype)]
+    stored = low.first.astype(weight.dtype), low.second.astype(weight.dtype)
+    low = as_written(low, weight, *stored)  # the reported error is the written factors'
+    edit.weights[container.prefix + (first_name,)] = [stored[0]]
+    second_values = [stored[1]]
     if config.get("use_bias", True):
         second_values.append(values[_weight(layer, "bias")])
     edit.weights[container.prefix + (second_name,)] = second_values

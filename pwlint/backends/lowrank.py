@@ -7,7 +7,7 @@ own format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,8 +54,21 @@ def factorise(weight: np.ndarray, plan: dict) -> LowRank:
     root = np.sqrt(s[:rank])
     first = u[:, :rank] * root
     second = root[:, None] * vt[:rank]
-    error = np.linalg.norm(weight - first @ second) / max(np.linalg.norm(weight), 1e-30)
-    return LowRank(first, second, rank, float(error))
+    return LowRank(first, second, rank, relative_error(weight, first, second))
+
+
+def relative_error(weight: np.ndarray, first: np.ndarray, second: np.ndarray) -> float:
+    """``||weight - first @ second|| / ||weight||`` (Frobenius), in float64."""
+    weight = np.asarray(weight, np.float64)
+    product = np.asarray(first, np.float64) @ np.asarray(second, np.float64)
+    return float(np.linalg.norm(weight - product) / max(np.linalg.norm(weight), 1e-30))
+
+
+def as_written(low: LowRank, weight: np.ndarray, first: np.ndarray, second: np.ndarray) -> LowRank:
+    """``low`` with its error measured from the factors a backend actually stored (cast to
+    the layer's dtype, in the format's layout turned back to ``[in, rank] @ [rank, out]``),
+    so that the reported error is the model's, not the SVD's before writing."""
+    return replace(low, error=relative_error(weight, first, second))
 
 
 def factorised_note(name: str, rows: int, cols: int, low: LowRank) -> str:

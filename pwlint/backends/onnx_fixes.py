@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from pwlint.backends.lowrank import factorise, factorised_note
+from pwlint.backends.lowrank import as_written, factorise, factorised_note
 from pwlint.backends.onnx_edit import Editor
 from pwlint.errors import FixNotApplicable
 from pwlint.ir import Layer, ModelGraph
@@ -202,19 +202,21 @@ def factorise_dense(editor: Editor, graph: ModelGraph, plan: dict) -> str:
     dtype = _dtype_of(editor, layer)
     rows, cols = dense.weight.shape
     low = factorise(dense.weight, plan)
-    first, second = low.first, low.second
+    # the factors as stored; the reported error is measured from these
+    first, second = low.first.astype(dtype), low.second.astype(dtype)
+    low = as_written(low, dense.weight, first, second)
     middle = editor.fresh(f"{dense.output}_low_rank")
     nodes = [
-        helper.make_node("MatMul", [dense.data_input, editor.add_initializer(f"{layer.name}.u", first.astype(dtype))],
+        helper.make_node("MatMul", [dense.data_input, editor.add_initializer(f"{layer.name}.u", first)],
                          [middle], name=editor.fresh(f"{layer.name}_u")),
     ]
     if dense.bias is None:
-        nodes.append(helper.make_node("MatMul", [middle, editor.add_initializer(f"{layer.name}.v", second.astype(dtype))],
+        nodes.append(helper.make_node("MatMul", [middle, editor.add_initializer(f"{layer.name}.v", second)],
                                       [dense.output], name=editor.fresh(f"{layer.name}_v")))
     else:
         product = editor.fresh(f"{dense.output}_v")
         nodes += [
-            helper.make_node("MatMul", [middle, editor.add_initializer(f"{layer.name}.v", second.astype(dtype))],
+            helper.make_node("MatMul", [middle, editor.add_initializer(f"{layer.name}.v", second)],
                              [product], name=editor.fresh(f"{layer.name}_v")),
             helper.make_node("Add", [product, editor.add_initializer(f"{layer.name}.bias", dense.bias.astype(dtype))],
                              [dense.output], name=editor.fresh(f"{layer.name}_bias")),

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from pwlint.backends.lowrank import factorise, factorised_note
+from pwlint.backends.lowrank import as_written, factorise, factorised_note
 from pwlint.errors import FixNotApplicable
 from pwlint.ir import Layer, ModelGraph
 
@@ -430,6 +430,10 @@ def factorise_dense(gm: fx.GraphModule, graph: ModelGraph, plan: dict) -> str:
         gm.graph.erase_node(node)
     _finish(gm, [dense.weight_attr, dense.bias_attr])
     rows, cols = dense.weight.shape[1], dense.weight.shape[0]
+    # the error of the parameters the program now holds ([rank, in] and [out, rank]), which
+    # are what torch.export saves: a slip between the SVD and the module shows in the report
+    stored = [_fetch(gm, f"{target}.weight").detach().double().numpy().T for target in targets]
+    low = as_written(low, dense.weight.double().numpy().T, *stored)
     return factorised_note(layer.name, rows, cols, low)
 
 

@@ -93,6 +93,29 @@ def test_svd_reports_the_relative_weight_error_it_made(factorised):
     assert max_output_diff(original, model) > 0
 
 
+def test_svd_reports_the_error_of_the_factors_in_the_file_not_of_the_svd(exported, tmp_path, monkeypatch):
+    """A slip between the SVD and the written initializers (here: the second factor halved
+    on its way) must show in the reported error, which is measured from what was written."""
+    import dataclasses
+
+    import pwlint.backends.onnx_fixes as onnx_fixes
+
+    real = onnx_fixes.factorise
+    monkeypatch.setattr(onnx_fixes, "factorise", lambda w, plan: dataclasses.replace(
+        real(w, plan), second=real(w, plan).second * 0.5))
+    original = exported("lenet", "legacy")
+    model = copy_model(original, tmp_path)
+    (tmp_path / "pwlint.toml").write_text(f"[rules.PW002]\nmax-params = 40000\nsvd-target-params = {TARGET}\n")
+    _, report = fix_json(model, "--fix", "--unsafe-fixes", "--select", "PW002")
+    (outcome,) = report["files"][0]["fix"]["applied"]
+    reported = float(re.search(r"relative weight error ([0-9.e+-]+)", outcome["note"]).group(1))
+    weight = lenet_fc1(original)
+    first, second, _ = factor_pair(model)
+    in_file = np.linalg.norm(weight - first @ second) / np.linalg.norm(weight)
+    assert reported == pytest.approx(in_file, rel=6e-3)
+    assert in_file > 1.05 * relative_error(weight, largest_rank(ROWS, COLS, TARGET))  # the slip is visible
+
+
 def test_svd_text_report_says_to_fine_tune(exported, tmp_path):
     model = copy_model(exported("lenet", "legacy"), tmp_path)
     config = tmp_path / "elsewhere" / "pwlint.toml"

@@ -405,6 +405,33 @@ def test_factorise_reaches_the_target_parameter_count(tmp_path):
     assert [a.shape for a in outputs(after, x)] == [b.shape for b in outputs(before, x)]
 
 
+def test_factorise_reports_the_error_of_the_factors_in_the_file_not_of_the_svd(tmp_path, monkeypatch):
+    """A slip between the SVD and the written kernels (here: the second factor halved on
+    its way) must show in the reported error, which is measured from what was written."""
+    import dataclasses
+    import re
+
+    import pwlint.backends.keras_fixes as keras_fixes
+
+    real = keras_fixes.factorise
+    monkeypatch.setattr(keras_fixes, "factorise", lambda w, plan: dataclasses.replace(
+        real(w, plan), second=real(w, plan).second * 0.5))
+    _pw002_config(tmp_path, **{"svd-target-params": 3000})
+    original = save(randomise(big_dense()), tmp_path / "original.keras")
+    model = tmp_path / "model.keras"
+    model.write_bytes(original.read_bytes())
+    _, report = fix_json(model, "--fix", "--unsafe-fixes")
+    (outcome,) = [o for o in fix_report(report)["applied"] if o["code"] == "PW002"]
+    reported = float(re.search(r"relative weight error ([0-9.e+-]+)", outcome["note"]).group(1))
+    weight = keras.ops.convert_to_numpy(load(original).get_layer("big").kernel).astype(np.float64)
+    after = load(model)
+    product = keras.ops.convert_to_numpy(after.get_layer("big_u").kernel) @ keras.ops.convert_to_numpy(
+        after.get_layer("big_v").kernel)
+    in_file = np.linalg.norm(weight - product) / np.linalg.norm(weight)
+    assert reported == pytest.approx(in_file, rel=6e-3)
+    assert in_file > 1.05 * real(weight, {"target_params": 3000}).error  # the slip is visible
+
+
 def test_factorise_by_energy_keeps_the_smallest_rank_holding_it(tmp_path):
     _pw002_config(tmp_path, **{"svd-energy": 0.8, "max-params": 5000})
     original = save(randomise(big_dense()), tmp_path / "original.keras")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -53,8 +54,21 @@ def build(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def export(name: str, path: Path, *, dynamic_batch: bool = False, decompose: bool = False) -> Path:
+def constant_map(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with the kernel of its last conv zeroed: that conv then writes its bias
+    (zero, for a conv without one) at every position, and what follows it (BatchNorm,
+    ReLU, max pooling) keeps the map spatially constant, whatever the input."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+    return model
+
+
+def export(name: str, path: Path, *, dynamic_batch: bool = False, decompose: bool = False,
+           constant: bool = False) -> Path:
     model = build(name)
+    if constant:
+        model = constant_map(model)
     shape = zoo.input_shape(model)
     if dynamic_batch:
         example = torch.randn(2, *shape[1:])
@@ -253,17 +267,49 @@ def test_pool_pointwise_cuts_the_first_layer_by_h_times_w(pt2_source, tmp_path, 
     channels, height, width = FLATTENED[name]
     before, after = state(original), state(model)
     dense = next(k for k in before if k.startswith("classifier.") and k.endswith("weight") and before[k].dim() == 2)
+    bias = dense.removesuffix("weight") + "bias"
     units = before[dense].shape[0]
-    assert before[dense].numel() == units * channels * height * width
+    # the layer with its bias: C*H*W*units + units parameters before, C*units + units after
+    assert before[dense].numel() + before[bias].numel() == channels * height * width * units + units
     assert after[dense].shape == (units, channels, 1, 1)
-    assert before[dense].numel() // after[dense].numel() == height * width
+    assert after[dense].numel() + after[bias].numel() == channels * units + units
+    assert torch.equal(after[bias], before[bias])  # the bias is kept as it was
+    saved = channels * height * width * units - channels * units
+    assert params(original) - params(model) == saved
+    fix = report["files"][0]["fix"]
+    assert fix["before"]["params"] - fix["after"]["params"] == saved
     # weights summed over positions
     summed = before[dense].reshape(units, channels, height * width).double().sum(-1)
     torch.testing.assert_close(after[dense].reshape(units, channels).double(), summed, rtol=1e-5, atol=1e-5)
     assert "aten.adaptive_avg_pool2d.default" in ops(model)
     for b, a in zip(outputs(original, input_shape(original)), outputs(model, input_shape(original))):
         assert a.shape == b.shape
-    assert report["files"][0]["fix"]["max_abs_diff"] > 0
+    assert fix["max_abs_diff"] > 0
+
+
+@pytest.mark.parametrize("name", ["lenet", "vgg"])
+def test_pool_pointwise_is_exact_on_a_spatially_constant_map(pt2_source, tmp_path, name):
+    """Where the map the head flattens is the same at every position, global average
+    pooling + the dense weights summed over positions computes what the dense layer did:
+    the unsafe fix is exact there, so a wrong sum, scale or bias shows."""
+    original = pt2_source(name, constant=True)
+    channels, height, width = FLATTENED[name]
+    # the map really is spatially constant, checked on the source module
+    module = constant_map(build(name))
+    x = torch.randn(*input_shape(original), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        features = module.features(x)
+    assert features.shape[1:] == (channels, height, width)
+    assert features.abs().max() > 0.1  # and not all zero: the bias of the dense layer is not all that is left
+    torch.testing.assert_close(features, features[:, :, :1, :1].expand_as(features), rtol=0, atol=0)
+
+    model = copy(original, tmp_path)
+    _, report = fix_json(model, "--fix", "--unsafe-fixes", "--select", "PW001")
+    (outcome,) = report["files"][0]["fix"]["applied"]
+    assert outcome["applicability"] == "unsafe"
+    assert "aten.adaptive_avg_pool2d.default" in ops(model)
+    assert_same_outputs(original, model)
+    assert report["files"][0]["fix"]["max_abs_diff"] < 1e-4
 
 
 def test_svd_reaches_its_target_parameter_count(pt2_source, tmp_path):
@@ -281,6 +327,71 @@ def test_svd_reaches_its_target_parameter_count(pt2_source, tmp_path):
     for b, a in zip(outputs(original, input_shape(original)), outputs(model, input_shape(original))):
         assert a.shape == b.shape
     assert codes(report) == []
+
+
+def test_svd_writes_the_truncated_svd_and_reports_the_error_of_what_it_wrote(pt2_source, tmp_path):
+    """The factors in the written ``.pt2`` compose (``v.weight @ u.weight``) to the rank-38
+    truncated SVD of the original weight, computed here; the reported relative weight
+    error is that product's error; and the fixed program computes exactly what the
+    original does with its weight replaced by that product."""
+    original = pt2_source("lenet")
+    model = copy(original, tmp_path)
+    (tmp_path / "pwlint.toml").write_text("[rules.PW002]\nmax-params = 40000\nsvd-target-params = 20000\n")
+    _, report = fix_json(model, "--fix", "--unsafe-fixes", "--select", "PW002")
+    (outcome,) = report["files"][0]["fix"]["applied"]
+    reported = float(re.search(r"relative weight error ([0-9.e+-]+)", outcome["note"]).group(1))
+
+    weight = state(original)["classifier.0.weight"].detach().double()  # [120, 400]
+    rank = (20_000 - 120) // (400 + 120)  # 38: the largest whose factors and bias fit
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    truncated = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    expected = float(torch.linalg.norm(weight - truncated) / torch.linalg.norm(weight))
+    assert 0.05 < expected < 0.95  # a real approximation: a zeroed or halved factor would show
+
+    after = state(model)
+    product = after["classifier.0.v.weight"].detach().double() @ after["classifier.0.u.weight"].detach().double()
+    written_error = float(torch.linalg.norm(weight - product) / torch.linalg.norm(weight))
+    assert written_error == pytest.approx(expected, rel=1e-4)
+    torch.testing.assert_close(product, truncated, rtol=0, atol=1e-5 * float(truncated.abs().max()))
+    assert reported == pytest.approx(expected, rel=6e-3)  # the note prints 3 significant digits
+    torch.testing.assert_close(after["classifier.0.v.bias"], state(original)["classifier.0.bias"], rtol=0, atol=0)
+
+    # the outputs moved by what that weight error implies, no more and no less
+    reference = load(original)
+    with torch.no_grad():
+        reference.get_parameter("classifier.0.weight").copy_(truncated.float())
+    fixed, untouched = load(model), load(original)
+    moved = []
+    for seed in range(4):
+        x = torch.randn(*input_shape(original), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            got, want, before = fixed(x), reference(x), untouched(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        moved.append(float((got - before).abs().max() / before.abs().max()))
+    assert min(moved) > 1e-3  # an unsafe fix: the outputs did change
+    assert outcome["max_abs_diff"] > 0
+
+
+def test_svd_reports_the_error_of_the_factors_in_the_file_not_of_the_svd(pt2_source, tmp_path, monkeypatch):
+    """A slip between the SVD and the written module (here: the second factor halved on
+    its way) must show in the reported error, which is measured from what was written."""
+    import dataclasses
+
+    real = pt2_fixes.factorise
+    monkeypatch.setattr(pt2_fixes, "factorise", lambda w, plan: dataclasses.replace(
+        real(w, plan), second=real(w, plan).second * 0.5))
+    original = pt2_source("lenet")
+    model = copy(original, tmp_path)
+    (tmp_path / "pwlint.toml").write_text("[rules.PW002]\nmax-params = 40000\nsvd-target-params = 20000\n")
+    _, report = fix_json(model, "--fix", "--unsafe-fixes", "--select", "PW002")
+    (outcome,) = report["files"][0]["fix"]["applied"]
+    reported = float(re.search(r"relative weight error ([0-9.e+-]+)", outcome["note"]).group(1))
+    weight = state(original)["classifier.0.weight"].detach().double()
+    after = state(model)
+    product = after["classifier.0.v.weight"].detach().double() @ after["classifier.0.u.weight"].detach().double()
+    in_file = float(torch.linalg.norm(weight - product) / torch.linalg.norm(weight))
+    assert reported == pytest.approx(in_file, rel=6e-3)
+    assert in_file > 1.05 * real(weight.numpy().T, {"target_params": 20_000}).error  # the slip is visible
 
 
 # writing ---------------------------------------------------------------------------------
