@@ -76,22 +76,25 @@ def test_gemm_with_transposed_input_is_left_alone(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_dynamic_spatial_dims(tmp_path):
-    """Height and width unknown: the kernel size of a conv is unknown, so neither fix can
-    be made; the head may still be reported, and nothing breaks."""
+@pytest.mark.parametrize("flags, applicability", [(["--fix"], "safe"), (["--fix", "--unsafe-fixes"], "unsafe")])
+def test_dynamic_spatial_dims_report_the_head_and_say_why_neither_fix_applies(tmp_path, flags, applicability):
+    """Height and width unknown (only their product is, from the dense layer's 144
+    inputs): the head is still reported, but the conv kernel of either fix would be a
+    guess (6x6? 4x9? 3x12?), so neither is applied; the chosen fix says why, the file
+    is left as it was and the run exits 1 for the finding."""
     path = _model([helper.make_node("Gemm", ["f", "w", "b"], ["y"], name="fc", transB=1)],
                   [("w", K, C * S * S), ("b", K)], tmp_path, "dynamic",
                   input_shape=("N", 3, "H", "W"), output_shape=("N", K))
     before = path.read_bytes()
-    for flags in (["--fix"], ["--fix", "--unsafe-fixes"]):
-        _, report = fix_json(path, *flags)
-        assert path.read_bytes() == before
-        fix = report["files"][0].get("fix")
-        if "PW001" in codes(report):
-            outcomes = _not_applied(report)
-            assert all("dynamic" in o["note"] for o in outcomes)
-        else:
-            assert fix is None or fix["applied"] == []
+    run, report = fix_json(path, *flags)
+    assert run.code == 1
+    assert path.read_bytes() == before
+    assert [f["nodes"] for f in report["findings"] if f["code"] == "PW001"] == [["flatten", "fc"]]
+    fix = report["files"][0]["fix"]
+    assert fix["applied"] == [] and fix["written"] is None
+    (outcome,) = _not_applied(report)
+    assert outcome["applicability"] == applicability
+    assert outcome["note"] == "the feature map's height and width are dynamic, so the conv kernel size is unknown"
 
 
 @pytest.mark.parametrize("between", ["Softmax", "LayerNormalization"])
