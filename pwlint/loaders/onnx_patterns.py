@@ -172,6 +172,8 @@ def decomposed_norm_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]
             reduces = [i for i in chain if index.model.nodes[i].op in ("ReduceMean", "ReduceSumSquare", "ReduceSum")]
             if not reduces or data not in tensors or chain & taken:
                 continue
+            if not any(_is_root(index, index.model.nodes[i]) for i in chain):
+                continue  # exp(x) / sum(exp(x)) is a softmax, not a normalisation
             group = [node.index] + sorted(chain)
             centre = index.producer.get(data)
             if centre is not None and centre.op == "Sub" and centre.index not in taken and len(centre.inputs) == 2:
@@ -183,6 +185,17 @@ def decomposed_norm_groups(index: NodeIndex, taken: set[int]) -> list[list[int]]
             taken.update(group)
             break
     return groups
+
+
+def _is_root(index: NodeIndex, node) -> bool:
+    """A square root in a norm's scale: Sqrt, or Pow by +-0.5 (std, rsqrt)."""
+    if node.op == "Sqrt":
+        return True
+    if node.op != "Pow" or len(node.inputs) != 2:
+        return False
+    exponent = index.model.constants.get(node.inputs[1])
+    values = exponent.values if exponent is not None else None
+    return bool(values) and len(values) == 1 and abs(abs(float(values[0])) - 0.5) < 1e-6
 
 
 def _per_channel(index: NodeIndex, tensor: str, rank: int | None) -> bool:

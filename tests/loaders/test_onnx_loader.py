@@ -198,6 +198,41 @@ def test_scaling_by_a_constant_is_not_a_norm(tmp_path):
     assert not list(graph.layers("norm"))
 
 
+def test_written_out_softmax_is_not_a_norm(tmp_path):
+    """exp(x - max(x)) / sum(exp(...)): a reduction divides the input, but without a square
+    root it is a softmax (older exporters and attention code write it out), not a norm."""
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], name="sm/max", axes=[-1]),
+        helper.make_node("Sub", ["x", "m"], ["xc"], name="sm/sub"),
+        helper.make_node("Exp", ["xc"], ["e"], name="sm/exp"),
+        helper.make_node("ReduceSum", ["e", "axes"], ["s"], name="sm/sum"),
+        helper.make_node("Div", ["e", "s"], ["y"], name="sm/div"),
+    ]
+    model = make(nodes, [tensor("x", [1, 5, 8])], [tensor("y", [1, 5, 8])], [const("axes", [-1])])
+    graph = load(str(save(model, tmp_path)))
+    assert not list(graph.layers("norm"))
+
+
+def test_rms_norm_with_reciprocal_square_root_is_a_norm(tmp_path):
+    """x * (mean(x^2) + eps) ** -0.5 * gamma: RMSNorm as LLaMA-style code exports it."""
+    nodes = [
+        helper.make_node("Pow", ["x", "two"], ["sq"], name="rms/pow"),
+        helper.make_node("ReduceMean", ["sq"], ["ms"], name="rms/mean", axes=[-1]),
+        helper.make_node("Add", ["ms", "eps"], ["mse"], name="rms/eps"),
+        helper.make_node("Pow", ["mse", "minus_half"], ["inv"], name="rms/rsqrt"),
+        helper.make_node("Mul", ["x", "inv"], ["xn"], name="rms/mul"),
+        helper.make_node("Mul", ["xn", "gamma"], ["y"], name="rms/scale"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+        numpy_helper.from_array(np.array(-0.5, np.float32), "minus_half"),
+        zeros("gamma", (8,)),
+    ]
+    graph = load(str(save(make(nodes, [tensor("x", [1, 5, 8])], [tensor("y", [1, 5, 8])], inits, opset=17), tmp_path)))
+    assert by_member(graph, "rms/mul").kind == "norm"
+
+
 def test_norm_operators(tmp_path):
     nodes = [
         helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["a"], name="bn"),
