@@ -146,6 +146,18 @@ def discover(paths: Iterable[str], suffixes: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def internal_error(path: str, fmt: str | None, exc: BaseException) -> str:
+    """The one line for an exception no loader meant: what broke, and a plea to report it."""
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    detail = detail.splitlines()[0] if detail.strip() else type(exc).__name__
+    if len(detail) > 200:
+        detail = detail[:200] + "..."
+    return (
+        f"{path}: internal error while reading the {fmt or 'model'} file ({detail}); "
+        "please report it with the file"
+    )
+
+
 class Linter:
     def __init__(
         self, registry: Registry, resolver: ConfigResolver, fix_mode=None, *, allow_missing_weights: bool = False,
@@ -192,15 +204,9 @@ class Linter:
             return file_result
         file_result.format = loader.name
         try:
-            graph = loader.load(path)
-            # every format, plugins' too: sizes no real model has are refused, not linted
-            require_plausible_sizes(graph, path)
-            file_result.coverage = self.understood(graph, path)
+            graph, file_result.coverage = self.read(loader, path)
         except PwlintError as exc:
             file_result.error = str(exc)
-            return file_result
-        except (MemoryError, RecursionError) as exc:
-            file_result.error = f"{path}: model too large or too deeply nested to read ({type(exc).__name__})"
             return file_result
         try:
             file_result.findings = self.check_graph(graph, path, settings, file_result.checked_codes)
@@ -209,6 +215,29 @@ class Linter:
         except PwlintError as exc:
             file_result.error = str(exc)
         return file_result
+
+    def read(self, loader, path: str):
+        """``(graph, coverage)`` of the model at ``path``, read by ``loader`` (a plugin's too)
+        and checked the same way for every format; every failure is a :class:`PwlintError`.
+
+        A loader refuses a file it knowingly checked by raising a ``PwlintError`` with
+        its reason. Any other exception is a bug in pwlint or in the plugin, not a verdict
+        on the file: it still ends in one line and exit 2, but says so and asks for a
+        report, so that a user (and the fuzz tests) can tell the two apart.
+        """
+        try:
+            graph = loader.load(path)
+            # every format, plugins' too: sizes no real model has are refused, not linted
+            require_plausible_sizes(graph, path)
+            return graph, self.understood(graph, path)
+        except PwlintError:
+            raise
+        except (MemoryError, RecursionError) as exc:
+            raise PwlintError(
+                f"{path}: model too large or too deeply nested to read ({type(exc).__name__})"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - anything else is a bug, reported as one
+            raise PwlintError(internal_error(path, loader.name, exc)) from exc
 
     def understood(self, graph, path: str):
         """The graph's coverage; a model pwlint cannot check at all, or whose weights are

@@ -15,7 +15,7 @@ import pytest
 
 from pwlint.findings import Severity
 from pwlint.rule import DOC_SECTIONS, Rule
-from tests.conftest import Run, one_line_error, run_inprocess
+from tests.conftest import Run, findings, one_line_error, run_inprocess
 
 TESTS = Path(__file__).parent
 
@@ -407,3 +407,247 @@ def test_a_sniff_that_raises_counts_as_no_and_the_suffix_still_routes(toy_site, 
     broken = tmp_path / "model.toymagic"
     broken.write_bytes(b"BROKEN but named for the plugin\n")
     assert formats_read(toy_site, broken) == {"model.toymagic": ("toymagic", None)}
+
+
+# a third-party format, end to end: its loader, a reporter and a fix backend ---------------
+#
+# "mine" is a toy JSON model format: a list of layers and the edges between them. The
+# plugin reads it, writes reports in its own format and rewrites its files for --fix,
+# registered only through its entry point, the way an installed package would be.
+
+MINE_PLUGIN = '''
+"""A third-party format: JSON layers and edges (".mine"), its reporter and its fix backend."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from pwlint.errors import FixNotApplicable
+from pwlint.hookspecs import hookimpl
+from pwlint.ir import Layer, ModelGraph
+
+
+def graph_of(document, path):
+    graph = ModelGraph(path, "mine")
+    for spec in document["layers"]:
+        graph.add_layer(Layer(
+            spec["name"], spec["kind"], spec["op"], attrs=dict(spec.get("attrs", {})), params=spec.get("params", 0),
+            input_shapes=[tuple(s) for s in spec.get("in", [])], output_shapes=[tuple(s) for s in spec.get("out", [])],
+            layout=spec.get("layout"), understood=spec.get("understood", True),
+        ))
+    for producer, consumer, shape in document["edges"]:
+        graph.connect(producer, consumer, producer, tuple(shape), data=True)
+    return graph
+
+
+class MineLoader:
+    name = "mine"
+    suffixes = (".mine",)
+
+    def load(self, path):
+        with open(path) as f:
+            return graph_of(json.load(f), path)
+
+
+class MineReporter:
+    name = "myformat"
+
+    def report(self, result, stream):
+        for finding in result.findings:
+            stream.write(f"MINE|{finding.code}|{'+'.join(finding.nodes)}\\n")
+
+
+class Session:
+    """Edits the JSON document in memory; each checkpoint is a file beside the model."""
+
+    def __init__(self, path):
+        self.path = path
+        with open(path) as f:
+            self.document = json.load(f)
+        self.saved = json.dumps(self.document)
+        self.last_good = path
+        self.count = 0
+
+    def graph(self):
+        return graph_of(self.document, self.path)
+
+    def apply(self, fix):
+        if fix.action != "convolutionalise-head":
+            raise FixNotApplicable(f"the mine backend does not do {fix.action}")
+        (dense,) = [s for s in self.document["layers"] if s["name"] == fix.plan["denses"][0]]
+        side = fix.plan["positions"]
+        dense.update(kind="conv", op="MineConv", attrs={
+            "kernel": side, "in_channels": fix.plan["channels"], "out_channels": dense["attrs"]["out_features"],
+            "groups": 1, "bias": True,
+        })
+        return "rewritten by the mine backend"
+
+    def checkpoint(self):
+        self.count += 1
+        candidate = f"{self.path}.candidate{self.count}"
+        with open(candidate, "w") as f:
+            json.dump(self.document, f)
+        return candidate
+
+    def accept(self, candidate):
+        self.last_good, self.saved = candidate, json.dumps(self.document)
+
+    def revert(self):
+        self.document = json.loads(self.saved)
+
+    def commit(self, target):
+        shutil.copyfile(self.last_good, target)
+
+    def close(self):
+        for index in range(1, self.count + 1):
+            if os.path.exists(f"{self.path}.candidate{index}"):
+                os.remove(f"{self.path}.candidate{index}")
+
+    def file_size(self, file):
+        return os.path.getsize(file)
+
+
+class MineBackend:
+    name = "mine"
+    runtime = "mine"
+
+    def open(self, path):
+        with open(os.environ["MINE_CALLS"], "a") as log:
+            log.write(f"open {path}\\n")
+        return Session(path)
+
+    def run(self, model_file, feeds=None):
+        feeds = feeds or {"x": np.ones((1, 3, 8, 8), np.float32)}
+        return feeds, {"y": np.full((1, 10), 0.5, np.float32)}
+
+
+@hookimpl
+def pwlint_register_loaders(register):
+    register(MineLoader())
+
+
+@hookimpl
+def pwlint_register_reporters(register):
+    register(MineReporter())
+
+
+@hookimpl
+def pwlint_register_backends(register):
+    register(MineBackend())
+'''
+
+MINE_CHANNELS, MINE_SIDE, MINE_CLASSES = 4, 8, 10
+
+
+def mine_model(folder: Path, name: str = "m.mine", *, side: int = MINE_SIDE, understood: bool = True) -> Path:
+    """A .mine file: input -> 3x3 conv (4 channels) -> flatten -> dense(10) -> output,
+    a Flatten + Dense head (PW001) on a side x side map."""
+    c, k = MINE_CHANNELS, MINE_CLASSES
+    fmap, flat = [1, c, side, side], [1, c * side * side]
+    layers = [
+        {"name": "x", "kind": "input", "op": "input", "out": [[1, 3, side, side]]},
+        {"name": "conv", "kind": "conv", "op": "MineConv", "in": [[1, 3, side, side]], "out": [fmap], "layout": "NCHW",
+         "params": 3 * 9 * c + c, "attrs": {"kernel": [3, 3], "in_channels": 3, "out_channels": c, "groups": 1, "bias": True}},
+        {"name": "flatten", "kind": "flatten", "op": "MineFlatten", "in": [fmap], "out": [flat]},
+        {"name": "fc", "kind": "dense", "op": "MineDense", "in": [flat], "out": [[1, k]], "params": flat[1] * k + k,
+         "attrs": {"in_features": flat[1], "out_features": k, "bias": True}},
+        {"name": "y", "kind": "output", "op": "output", "in": [[1, k]]},
+    ]
+    if not understood:
+        layers = [dict(spec, kind="other", op="MineMystery", understood=False) if spec["kind"] not in ("input", "output")
+                  else spec for spec in layers]
+    document = {"layers": layers, "edges": [["x", "conv", [1, 3, side, side]], ["conv", "flatten", fmap],
+                                            ["flatten", "fc", flat], ["fc", "y", [1, k]]]}
+    path = folder / name
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.fixture
+def mine_site(tmp_path):
+    folder = tmp_path / "minesite"
+    folder.mkdir()
+    install_plugin(folder, "mine_format", MINE_PLUGIN, entry_point="mine")
+    return folder
+
+
+def test_thirdparty_format_is_linted(mine_site, tmp_path):
+    path = mine_model(tmp_path)
+    run = run_with_plugins(mine_site, str(path), "--format", "json")
+    assert run.code == 1, run.err
+    report = json.loads(run.out)
+    assert [(f["format"], f["error"]) for f in report["files"]] == [("mine", None)]
+    (finding,) = findings(report, "PW001")
+    assert finding["nodes"] == ["flatten", "fc"]
+    # coverage is measured for a plugin's graph as for a built-in one: all three layers known
+    coverage = report["files"][0]["coverage"]
+    assert coverage["layers"] == 3 and coverage["recognised"] == 3, coverage
+
+
+@pytest.mark.parametrize("side", [2**40, 2**41])
+def test_thirdparty_loader_with_an_impossible_tensor_is_refused(mine_site, tmp_path, side):
+    """The engine's size check covers every loader: a plugin's 2**40 x 2**40 map is not a model."""
+    path = mine_model(tmp_path, side=side)
+    line = one_line_error(run_with_plugins(mine_site, str(path)))
+    assert line.startswith(f"pwlint: error: {path}: layer ")
+    assert "not a real model" in line and "internal error" not in line
+
+
+def test_thirdparty_graph_with_no_recognised_layer_is_refused(mine_site, tmp_path):
+    path = mine_model(tmp_path, understood=False)
+    line = one_line_error(run_with_plugins(mine_site, str(path)))
+    assert line.startswith(f"pwlint: error: {path}: ")
+    assert "cannot check this model" in line and "MineMystery" in line
+
+
+def test_thirdparty_reporter_writes_the_report(mine_site, tmp_path, cnn_file):
+    onnx_model = cnn_file("m.onnx")
+    run = run_with_plugins(
+        mine_site, str(mine_model(tmp_path)), str(onnx_model), "--format", "myformat", "--select", "PW001,PW004",
+    )
+    assert run.code == 1, run.err
+    # the mine model has a flatten head; the ONNX one has it too, and a conv bias before BatchNorm
+    assert sorted(run.out.splitlines()) == ["MINE|PW001|flatten+fc", "MINE|PW001|flatten+fc", "MINE|PW004|conv+bn"]
+
+
+def test_thirdparty_backend_fixes_its_format(mine_site, tmp_path):
+    path = mine_model(tmp_path)
+    calls = tmp_path / "calls.log"
+    env_run = run_with_plugins_env(mine_site, {"MINE_CALLS": str(calls)}, str(path), "--fix", "--select", "PW001", "--format", "json")
+    assert env_run.code == 0, (env_run.out, env_run.err)
+    assert calls.read_text().splitlines() == [f"open {path}"]
+    report = json.loads(env_run.out)
+    (applied,) = report["files"][0]["fix"]["applied"]
+    assert (applied["code"], applied["note"]) == ("PW001", "rewritten by the mine backend")
+    written = json.loads(path.read_text())
+    (fc,) = [spec for spec in written["layers"] if spec["name"] == "fc"]
+    assert (fc["kind"], fc["attrs"]["kernel"]) == ("conv", [MINE_SIDE, MINE_SIDE])
+    assert sorted(p.name for p in tmp_path.iterdir() if "candidate" in p.name) == []
+
+
+def run_with_plugins_env(site: Path, env: dict, *args: str) -> Run:
+    """:func:`run_with_plugins` with extra environment variables."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return run_with_plugins(site, *args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_a_bug_in_a_thirdparty_loader_is_an_internal_error_to_report(mine_site, tmp_path):
+    """An exception the loader did not mean (here KeyError, for a file without "edges") is
+    one line and exit 2 like a refusal, but it says it is a bug and asks for a report."""
+    path = tmp_path / "broken.mine"
+    path.write_text(json.dumps({"layers": []}))
+    line = one_line_error(run_with_plugins(mine_site, str(path)))
+    assert line == (
+        f"pwlint: error: {path}: internal error while reading the mine file (KeyError: 'edges'); "
+        "please report it with the file"
+    )
