@@ -504,21 +504,28 @@ def test_output_file_that_cannot_be_written_is_one_line(tmp_path, cnn_file, pwli
     assert run.code == 2 and run.err.count("\n") == 1 and "r.txt" in run.err
 
 
-def test_statistics_count_findings_per_rule(tmp_path, pwlint):
-    from pathlib import Path
+#: (head, conv bias) of the models the statistics test lints: every one has a conv then
+#: BatchNorm, so a conv bias there is PW004; a Flatten head is PW001, pooled heads are not
+STATISTICS_MODELS = [("flatten", True), ("flatten", True), ("gap", True), ("flatten", False), ("squeeze", True)]
 
-    examples = Path(__file__).resolve().parent.parent / "examples"
-    report = lint(examples / "vgg_bn.onnx")
-    expected = {}
-    for finding in report["findings"]:
-        expected[finding["code"]] = expected.get(finding["code"], 0) + 1
-    run = pwlint(str(examples / "vgg_bn.onnx"), "--statistics")
+
+def test_statistics_count_findings_per_rule(cnn_file, pwlint):
+    paths = [str(cnn_file(f"m{i}.onnx", head=head, conv_bias=bias)) for i, (head, bias) in enumerate(STATISTICS_MODELS)]
+    # counted from how the models were built, not from pwlint's report
+    expected = {
+        "PW001": sum(head == "flatten" for head, _ in STATISTICS_MODELS),
+        "PW004": sum(bias for _, bias in STATISTICS_MODELS),
+    }
+    assert expected == {"PW001": 3, "PW004": 4}
+    run = pwlint(*paths, "--statistics")
+    assert run.code == 1, run.err
     rows = [line.split() for line in run.out.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [["4", "PW004", "conv-bias-before-norm"], ["3", "PW001", "flatten-dense-head"]]
     assert {code: int(count) for count, code, _ in rows} == expected
-    assert [int(r[0]) for r in rows] == sorted((int(r[0]) for r in rows), reverse=True)
-    as_json = pwlint(str(examples / "vgg_bn.onnx"), "--statistics", "--format", "json")
-    json.loads(as_json.out)  # statistics go to stderr, the JSON stays parseable
-    assert "PW004" in as_json.err
+    as_json = pwlint(*paths, "--statistics", "--format", "json")
+    report = json.loads(as_json.out)  # statistics go to stderr, the JSON stays parseable
+    assert len(report["findings"]) == sum(expected.values())
+    assert "    4  PW004  conv-bias-before-norm" in as_json.err.splitlines()
 
 
 def _on_a_terminal(args, cwd):

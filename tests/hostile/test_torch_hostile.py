@@ -296,13 +296,28 @@ def test_torchscript_with_os_system_pickles_is_not_unpickled(saved, tmp_path, me
     _lint_keeps_marker_absent(path, marker)
 
 
-@pytest.mark.parametrize("member", ["data/sample_inputs/model.pt", "data/weights/weight_0",
-                                    "data/constants/model_constants_config.json"])
+@pytest.mark.parametrize("member", ["data/sample_inputs/model.pt", "data/weights/weight_0"])
 def test_pt2_with_os_system_pickles_embedded_is_linted_unrun(saved, tmp_path, member):
+    """Weight payloads and sample inputs are never opened (linting needs shapes, and their
+    presence is checked by name): a pickle there changes nothing, the model lints as the
+    intact one does."""
     marker = tmp_path / "ran"
     path = corpus.with_member(saved[".pt2"], tmp_path / "evil.pt2", member, pickle.dumps(_Shell(marker)))
     run = _lint_keeps_marker_absent(path, marker)
-    assert run.code in (1, 2)
+    intact = run_bounded("check", saved[".pt2"])
+    assert (run.code, run.err) == (1, ""), run.err
+    assert run.out == intact.out.replace(str(saved[".pt2"]), str(path))
+    assert "PW001" in run.out
+
+
+def test_pt2_with_an_os_system_pickle_for_its_constants_config_is_refused_unrun(saved, tmp_path):
+    """The constants config is JSON pwlint reads: a pickle in its place is not JSON."""
+    marker = tmp_path / "ran"
+    member = "data/constants/model_constants_config.json"
+    path = corpus.with_member(saved[".pt2"], tmp_path / "evil.pt2", member, pickle.dumps(_Shell(marker)))
+    run = _lint_keeps_marker_absent(path, marker)
+    assert run.code == 2
+    assert run.err.startswith(f"pwlint: error: {path}: small/{member} is not valid JSON ("), run.err
 
 
 # targets that are not torch operators --------------------------------------------------------
