@@ -10,7 +10,9 @@ Decisions these tests pin down:
   enclosing graph for a subgraph) is an error, not a lint: onnxruntime refuses such
   a model, so a gate must not call it clean;
 - cycles and self-loops are errors; nodes merely out of order are not (onnxruntime
-  sorts them);
+  sorts them). The same holds inside If/Loop bodies, where a body's reads of the
+  graphs around it count as inputs of the node holding it: those cases are in
+  tests/loaders/test_onnx_subgraphs.py;
 - a missing ONNX opset is an error: the operators mean nothing without it; so is
   a node with fewer inputs than its operator takes, or an attribute of another
   type than the operator's schema declares (the ONNX checker's rules);
