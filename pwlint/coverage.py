@@ -72,7 +72,8 @@ def measure(graph: ModelGraph) -> Coverage:
             unknown[layer.op] += 1
             if layer.params:
                 weighty.append(layer)
-        if layer.output_shapes and all(_shape_known(s) for s in layer.output_shapes):
+        # the main output: a Dropout's unused mask or an optional second output has none
+        if layer.output_shapes and _shape_known(layer.output_shape):
             coverage.shapes_known += 1
         if layer.kind in ("flatten", "reshape") and not _shape_known(layer.input_shape):
             consumer = sole_consumer(graph, layer, is_transparent)

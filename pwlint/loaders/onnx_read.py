@@ -120,6 +120,26 @@ def _shapes_only_copy(model):
     return light
 
 
+#: ONNX has no shape inference for 38 operators of opset 1-5 (Relu, Add, Gemm, Reshape,
+#: BatchNormalization...): older models are upgraded for inference only
+MIN_INFERRED_OPSET = 6
+
+
+def _upgraded(light):
+    """``light`` converted to opset 6 for shape inference, tensor names kept; the model
+    itself as it is when the converter cannot (shapes are then partly unknown)."""
+    from onnx import helper, version_converter
+
+    try:
+        if not any(o.domain in ("", "ai.onnx") for o in light.opset_import):
+            light = light.__class__.FromString(light.SerializeToString())
+            light.opset_import.append(helper.make_opsetid("", 1))
+            light.ir_version = max(light.ir_version, 3)
+        return version_converter.convert_version(light, MIN_INFERRED_OPSET)
+    except Exception:  # an adapter missing or failing: infer what the old opset allows
+        return light
+
+
 def _shape_of(type_proto) -> tuple | None:
     if not type_proto.HasField("tensor_type"):
         return None
@@ -177,6 +197,8 @@ def describe_model(model) -> OnnxModel:
                     graphs.extend((g, depth + 1) for g in attr.graphs)
 
     def infer(light):
+        if (result.opset or 1) < MIN_INFERRED_OPSET:  # no opset import (IR 2): opset 1
+            light = _upgraded(light)
         return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
 
     try:

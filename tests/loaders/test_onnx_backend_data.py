@@ -98,6 +98,10 @@ def test_imagenet_cnns_with_a_flatten_dense_head_get_pw001_and_the_others_do_not
     _, report = lint_json(*paths, "--exit-zero")
     flagged = {os.path.basename(f["path"]) for f in report["findings"] if f["code"] == "PW001" and f["severity"] == "warning"}
     assert flagged == DENSE_HEADS
+    # every layer's output shape is known in these opset-6..12 CNNs (a Dropout's unused
+    # mask output does not make its layer's shape unknown)
+    for entry in report["files"]:
+        assert entry["coverage"]["shapes_known"] == entry["coverage"]["layers"], entry
 
 
 # a CNN at every old opset -------------------------------------------------------------------
@@ -144,10 +148,7 @@ def test_cnn_at_an_old_opset_is_linted_and_its_head_found(tmp_path, opset, ir_ve
     assert (coverage["layers"], coverage["recognised"], coverage["unknown_ops"]) == (4, 4, {}), coverage
     heads = [f for f in report["findings"] if f["code"] == "PW001"]
     assert [f["nodes"] for f in heads] == [["flatten", "fc"]], report["findings"]
-    if opset >= 6:
-        # ONNX infers every shape here: PW001 decides, and the model fails the gate
-        assert code == 1 and heads[0]["severity"] == "warning" and coverage["unchecked"] == []
-    else:
-        # onnx has no shape inference for Relu-1 (nor Gemm-1): the flatten's input shape
-        # is unknown, which pwlint must say rather than pass in silence
-        assert code in (0, 1) and coverage["unchecked"] in ([], [FLATTEN_NOTE]), coverage
+    # every shape is known (onnx has no shape inference for Relu-1 or Gemm-1: opsets 1-5
+    # are upgraded for inference): PW001 decides, and the model fails the gate
+    assert code == 1 and heads[0]["severity"] == "warning" and coverage["unchecked"] == []
+    assert coverage["shapes_known"] == coverage["layers"]
