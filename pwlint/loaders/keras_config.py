@@ -68,7 +68,9 @@ class ModelSpec:
 
 
 def is_model_entry(entry: Any) -> bool:
-    if not isinstance(entry, dict) or entry.get("class_name") not in MODEL_CLASSES:
+    if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+        return False
+    if entry["class_name"] not in MODEL_CLASSES:
         return False
     config = entry.get("config")
     return isinstance(config, dict) and isinstance(config.get("layers"), list)

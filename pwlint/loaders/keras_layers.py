@@ -196,11 +196,11 @@ def describe(class_name: str, config: dict, in_shapes: list, weights: list, layo
         else:
             attrs["keepdims"] = bool(config.get("keepdims", False))
     elif kind == "transpose":
-        dims = tuple(config.get("dims") or ())
+        dims = _sequence(config.get("dims"))
         perm = (0, *dims) if dims else None
         attrs = {"perm": perm, "layout_change": _is_layout_perm(perm)}
     elif kind == "reshape":
-        attrs = {"target_shape": tuple(config.get("target_shape") or ())}
+        attrs = {"target_shape": _sequence(config.get("target_shape"))}
     elif kind == "concat":
         attrs = {"axis": config.get("axis", -1)}
     return kind, _typed(attrs)
@@ -214,6 +214,20 @@ SIZES = ("kernel", "stride", "dilation", "target_shape")
 
 def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count_or_one(value: Any) -> int | None:
+    """A count from the config where absent or 0 means 1 (``groups``, ``depth_multiplier``);
+    None, unknown, for anything that is not a whole number (a string, a list)."""
+    if not value:
+        return 1
+    return value if is_count(value) else None
+
+
+def _sequence(value: Any) -> tuple:
+    """A list from the config as a tuple; anything else (a number, a string) as empty,
+    which _typed then treats as unknown."""
+    return tuple(value) if isinstance(value, (list, tuple)) else ()
 
 
 def _typed(attrs: dict) -> dict:
@@ -252,13 +266,19 @@ def _conv_attrs(class_name: str, config: dict, in_shape, weights: list, layout: 
     depthwise, separable = family == "DepthwiseConv", family.startswith("Separable")
     kernel = _weight_shape(weights, ("depthwise_kernel", "kernel") if depthwise or separable else ("kernel",), 0)
     in_ch = channels(in_shape, layout)
+    # a config is untrusted JSON: a count that is not a whole number is unknown (None)
+    multiplier = _count_or_one(config.get("depth_multiplier"))
+    groups = _count_or_one(config.get("groups"))
     if in_ch is None and kernel and len(kernel) == rank + 2:
-        in_ch = kernel[-1] if transposed else kernel[-2] * (1 if depthwise or separable else int(config.get("groups") or 1))
-    multiplier = int(config.get("depth_multiplier") or 1)
-    groups = int(config.get("groups") or 1)
+        if transposed:
+            in_ch = kernel[-1]
+        elif depthwise or separable:
+            in_ch = kernel[-2]
+        elif groups is not None:
+            in_ch = kernel[-2] * groups
     if depthwise:
         groups = in_ch if in_ch is not None else None
-        out_ch = in_ch * multiplier if in_ch is not None else None
+        out_ch = in_ch * multiplier if in_ch is not None and multiplier is not None else None
     else:
         out_ch = config.get("filters")
     attrs = {
@@ -292,6 +312,8 @@ def config_params(class_name: str, config: dict, kind: str, attrs: dict, in_shap
         if cin is None or cout is None:
             return 0
         if attrs.get("separable"):
+            if attrs.get("depth_multiplier") is None:
+                return 0
             mid = cin * attrs["depth_multiplier"]
             return k * mid + mid * cout + bias * cout
         return k * cin // groups * cout + bias * cout
@@ -310,7 +332,8 @@ def config_params(class_name: str, config: dict, kind: str, attrs: dict, in_shap
             per = 1
         return size * per if size else 0
     if class_name == "Embedding":
-        return int(config.get("input_dim") or 0) * int(config.get("output_dim") or 0)
+        sizes = (config.get("input_dim"), config.get("output_dim"))
+        return sizes[0] * sizes[1] if all(is_count(v) for v in sizes) else 0
     return 0
 
 

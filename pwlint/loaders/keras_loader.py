@@ -53,14 +53,10 @@ to kind and attributes), :mod:`keras_shapes` (computed shapes) and
 
 from __future__ import annotations
 
-from pwlint.errors import LoadError
 from pwlint.hookspecs import hookimpl
 from pwlint.ir import ModelGraph
 
 __all__ = ["KerasLoader", "KerasSource", "load"]
-
-MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
-
 
 def __getattr__(name: str):
     # the reader's modules are imported by the first Keras file, not by every run's start-up
@@ -77,20 +73,13 @@ def load(path: str) -> ModelGraph:
     from pwlint.loaders.keras_read import open_keras
     from pwlint.loaders.keras_weights import index_weights
 
+    # A file the reader knowingly checks and refuses raises LoadError with its reason;
+    # any other exception is a bug here, reported as an internal error by the engine.
     with open_keras(path) as model:
         config = model.config
-        try:
-            spec = parse_model(config, path) if is_model_entry(config) else None
-        except MALFORMED as exc:
-            raise LoadError(f"{path}: malformed Keras model config ({type(exc).__name__}: {exc})") from None
-        try:
-            weights = index_weights(model, spec)
-        except (OSError, RuntimeError, *MALFORMED) as exc:
-            raise LoadError(f"{path}: cannot read the stored weights ({type(exc).__name__}: {exc})") from None
-        try:
-            graph = GraphBuilder(model, spec, weights).build()
-        except MALFORMED as exc:
-            raise LoadError(f"{path}: malformed Keras model config ({type(exc).__name__}: {exc})") from None
+        spec = parse_model(config, path) if is_model_entry(config) else None
+        weights = index_weights(model, spec)
+        graph = GraphBuilder(model, spec, weights).build()
     return graph
 
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pwlint.errors import LoadError
 from pwlint.loaders.keras_config import ModelSpec
 from pwlint.loaders.keras_read import KerasFile, as_text, is_group, is_hard_link
 
@@ -50,18 +51,30 @@ class WeightIndex:
         return self.by_layer.get(tuple(path))
 
 
+class DamagedWeights(Exception):
+    """h5py could not read part of the weights file (its message says what)."""
+
+
 def index_weights(model: KerasFile, spec: ModelSpec | None) -> WeightIndex:
     index = WeightIndex()
     root = model.weights_root
     if root is None:
         return index
-    if spec is None:  # a model whose architecture is not a layer graph: count everything
-        index.unassigned = [w for w in datasets(root) if not w.name.startswith("optimizer/")]
-    elif model.container == "keras":
-        _walk_keras(root, spec, (), index)
-    else:
-        _walk_legacy(root, spec, index)
+    try:
+        if spec is None:  # a model whose architecture is not a layer graph: count everything
+            index.unassigned = [w for w in datasets(root) if not w.name.startswith("optimizer/")]
+        elif model.container == "keras":
+            _walk_keras(root, spec, (), index)
+        else:
+            _walk_legacy(root, spec, index)
+    except DamagedWeights as exc:
+        raise LoadError(f"{model.path}: cannot read the stored weights, the HDF5 data is damaged ({exc})") from None
     return index
+
+
+def _h5_detail(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return text or type(exc).__name__
 
 
 def snake_case(name: str) -> str:
@@ -134,7 +147,7 @@ def _match(parents: Path, leaves: list[Path]) -> Path | None:
 def _walk_legacy(root, spec: ModelSpec, index: WeightIndex) -> None:
     for key, child in children(root):
         layer = spec.by_name.get(key)
-        weights = datasets(child) if not hasattr(child, "shape") else [Weight(key, tuple(child.shape))]
+        weights = datasets(child) if not hasattr(child, "shape") else [Weight(key, _shape_of(child))]
         if layer is None:
             index.unassigned += weights
         elif layer.model is None:
@@ -231,7 +244,11 @@ def children(group) -> list[tuple[str, Any]]:
     if not is_group(group):
         return []
     found = []
-    for key in group.keys():
+    try:
+        keys = list(group.keys())
+    except Exception as exc:  # h5py raises RuntimeError, OSError, KeyError... for damaged files
+        raise DamagedWeights(_h5_detail(exc)) from exc
+    for key in keys:
         try:
             if not is_hard_link(group, key):
                 continue
@@ -254,10 +271,22 @@ def datasets(group, prefix: str = "") -> list[Weight]:
                 if _identity(obj) not in seen:
                     seen.add(_identity(obj))
                     stack.append((name, obj))
-            elif hasattr(obj, "shape") and obj.shape is not None:
-                kind = getattr(obj.dtype, "kind", "")
-                found.append(Weight(name, tuple(int(d) for d in obj.shape), kind in "fiuc" and kind != ""))
+            else:
+                try:  # a dataset's header is read here, and may be damaged; a named datatype has no shape
+                    shape = getattr(obj, "shape", None)
+                    kind = getattr(getattr(obj, "dtype", None), "kind", "") if shape is not None else ""
+                except Exception as exc:
+                    raise DamagedWeights(_h5_detail(exc)) from exc
+                if shape is not None:
+                    found.append(Weight(name, tuple(int(d) for d in shape), kind in "fiuc" and kind != ""))
     return sorted(found, key=lambda w: _natural(w.name))
+
+
+def _shape_of(dataset) -> tuple:
+    try:
+        return tuple(dataset.shape or ())
+    except Exception as exc:  # a damaged dataset header
+        raise DamagedWeights(_h5_detail(exc)) from exc
 
 
 def _identity(obj):

@@ -70,10 +70,8 @@ def read_pt2(archive: Archive, kind: str, root: str) -> Program:
     try:
         program = _parse(document, config)
         foreign = _foreign_target(document)
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
-        raise LoadError(
-            f"{archive.path}: malformed serialized program in {member} ({type(exc).__name__}: {exc})"
-        ) from exc
+    except Malformed as exc:
+        raise LoadError(f"{archive.path}: malformed serialized program in {member}: {exc}") from None
     if foreign:
         name, target = foreign
         raise LoadError(
@@ -97,6 +95,32 @@ def _optional_json(archive: Archive, member: str):
     return archive.json(member, MAX_METADATA) if member in archive.infos else None
 
 
+class Malformed(Exception):
+    """The serialized program is not shaped as torch.export writes it; the message says
+    where (read_pt2 turns it into a LoadError naming the file and member)."""
+
+
+def _field(obj, key: str, kind: type, where: str):
+    """``obj[key]``, checked to be a ``kind``: a hand-made document may hold anything."""
+    if not isinstance(obj, dict):
+        raise Malformed(f"{where} is not an object")
+    value = obj.get(key)
+    if not isinstance(value, kind):
+        raise Malformed(f"{where}.{key} is {'missing' if value is None else 'not a ' + _KIND_NAMES[kind]}")
+    return value
+
+
+_KIND_NAMES = {dict: "JSON object", list: "list", str: "string"}
+
+
+def _only_entry(spec, where: str) -> tuple[str, object]:
+    """The single ``{kind: body}`` pair of an input or output spec."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise Malformed(f"{where} is not an object with one entry")
+    ((kind, body),) = spec.items()
+    return kind, body
+
+
 def _shown(text, limit: int = 80) -> str:
     """A name from the file, safe in a one-line message."""
     text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: f"\\x{ord(m.group()):02x}", str(text))
@@ -106,7 +130,7 @@ def _shown(text, limit: int = 80) -> str:
 def _foreign_target(document: dict) -> tuple[str, str] | None:
     """(node name, target) of the first node, with or without tensor outputs, whose target
     is neither a torch operator nor a builtin torch.export writes."""
-    for node in document["graph_module"]["graph"]["nodes"]:
+    for node in _nodes(document):
         target = node.get("target")
         if not isinstance(target, str):
             return str(node.get("name")), repr(target)
@@ -169,7 +193,7 @@ def sizes(meta) -> tuple | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("sizes"), list):
         return None
     if len(meta["sizes"]) > MAX_RANK:
-        raise ValueError(f"a tensor of {len(meta['sizes'])} dimensions, over pwlint's limit of {MAX_RANK}")
+        raise Malformed(f"a tensor of {len(meta['sizes'])} dimensions, over pwlint's limit of {MAX_RANK}")
     return tuple(s["as_int"] if isinstance(s, dict) and isinstance(s.get("as_int"), int) else None for s in meta["sizes"])
 
 
@@ -179,9 +203,11 @@ def decode(arg):
         return None
     ((kind, value),) = arg.items()
     if kind == "as_tensor":
-        return TensorRef(value["name"])
+        return TensorRef(_field(value, "name", str, "as_tensor"))
     if kind == "as_tensors":
-        return [TensorRef(v["name"]) for v in value]
+        if not isinstance(value, list):
+            raise Malformed("as_tensors is not a list")
+        return [TensorRef(_field(v, "name", str, "as_tensors[]")) for v in value]
     if kind in ("as_optional_tensors", "as_optional_tensor"):
         return [decode(v) for v in value] if isinstance(value, list) else decode(value)
     if kind in SCALAR_KINDS:
@@ -189,13 +215,16 @@ def decode(arg):
     if kind == "as_sym_int":
         return value.get("as_int") if isinstance(value, dict) else None
     if kind == "as_sym_ints":
-        return [v.get("as_int") if isinstance(v, dict) else None for v in value]
+        return [v.get("as_int") if isinstance(v, dict) else None for v in value] if isinstance(value, list) else None
     return None  # as_none, symbolic floats and bools, subgraphs, custom objects
 
 
 def _outputs(node: dict) -> list[str]:
     names = []
-    for out in node.get("outputs") or []:
+    outputs = node.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise Malformed(f"the outputs of node '{_shown(node.get('name'))}' are not a list")
+    for out in outputs:
         value = decode(out)
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, TensorRef):
@@ -219,7 +248,8 @@ def module_stack(text) -> tuple[ModuleCall, ...]:
 def _stored(config: dict | None, fqn: str, fallback) -> tuple[tuple | None, tuple]:
     """A weight's shape, and what identifies its storage: tied parameters (``b.weight =
     a.weight``) have two names but one payload file in the archive."""
-    entry = ((config or {}).get("config") or {}).get(fqn)
+    table = config.get("config") if isinstance(config, dict) else None
+    entry = table.get(fqn) if isinstance(table, dict) else None
     if isinstance(entry, dict) and isinstance(entry.get("tensor_meta"), dict):
         shape = sizes(entry["tensor_meta"])
         if shape is not None:
@@ -228,44 +258,68 @@ def _stored(config: dict | None, fqn: str, fallback) -> tuple[tuple | None, tupl
     return fallback, (fqn,)
 
 
+def _nodes(document) -> list[dict]:
+    """The program's nodes, checked to be objects."""
+    graph = _field(_field(document, "graph_module", dict, "the program"), "graph", dict, "graph_module")
+    nodes = _field(graph, "nodes", list, "graph_module.graph")
+    for node in nodes:
+        if not isinstance(node, dict):
+            raise Malformed("graph_module.graph.nodes holds a node that is not an object")
+    return nodes
+
+
 def _parse(document: dict, config: dict | None) -> Program:
-    module = document["graph_module"]
-    graph, signature = module["graph"], module["signature"]
+    module = _field(document, "graph_module", dict, "the program")
+    graph = _field(module, "graph", dict, "graph_module")
+    signature = _field(module, "signature", dict, "graph_module")
     program = Program()
-    program.shapes = {name: sizes(meta) for name, meta in (graph.get("tensor_values") or {}).items()}
+    tensor_values = graph.get("tensor_values") or {}
+    if not isinstance(tensor_values, dict):
+        raise Malformed("graph_module.graph.tensor_values is not a JSON object")
+    program.shapes = {name: sizes(meta) for name, meta in tensor_values.items()}
     program.meta.update(
         torch_version=document.get("torch_version"), schema_version=document.get("schema_version"),
     )
     stored = {"parameter": "parameter_name", "buffer": "buffer_name", "tensor_constant": "tensor_constant_name"}
     storages: set[tuple] = set()
-    for spec in signature["input_specs"]:
-        ((kind, body),) = spec.items()
+    for spec in _field(signature, "input_specs", list, "graph_module.signature"):
+        kind, body = _only_entry(spec, "an input spec")
         if kind in stored:
-            name, fqn = body["arg"]["name"], body[stored[kind]]
+            where = f"the {kind} input spec"
+            name = _field(_field(body, "arg", dict, where), "name", str, f"{where}.arg")
+            fqn = _field(body, stored[kind], str, where)
             shape, storage = _stored(config, fqn, program.shapes.get(name))
             weight = Weight(fqn, shape, kind.replace("tensor_", ""))
             program.weights[name] = weight
             if kind == "parameter" and storage not in storages:
                 storages.add(storage)
                 program.parameters[fqn] = weight.numel
-        elif kind == "user_input" and isinstance(body.get("arg"), dict) and "as_tensor" in body["arg"]:
-            program.inputs.append(body["arg"]["as_tensor"]["name"])
-    for spec in signature["output_specs"]:
-        ((kind, body),) = spec.items()
-        value = decode(body.get("arg")) if kind == "user_output" else None
+        elif kind == "user_input" and isinstance(body, dict) and isinstance(body.get("arg"), dict):
+            value = decode(body["arg"]) if "as_tensor" in body["arg"] else None
+            if isinstance(value, TensorRef):
+                program.inputs.append(value.name)
+    for spec in _field(signature, "output_specs", list, "graph_module.signature"):
+        kind, body = _only_entry(spec, "an output spec")
+        value = decode(body.get("arg")) if kind == "user_output" and isinstance(body, dict) else None
         if isinstance(value, TensorRef):
             program.outputs.append(value.name)
-    for node in graph["nodes"]:
+    for node in _nodes(document):
         outputs = _outputs(node)
         if not outputs:
             continue  # symbolic sizes, assertions: no tensor comes out
-        target = node["target"]
+        name = node.get("name") or outputs[0]
+        target = _field(node, "target", str, f"node '{_shown(name)}'")
+        inputs = _field(node, "inputs", list, f"node '{_shown(name)}'")
+        metadata = node.get("metadata")
         program.nodes.append(OpNode(
-            name=node.get("name") or outputs[0],
+            name=name if isinstance(name, str) else outputs[0],
             op=target.removeprefix("torch.ops."),
-            args={inp["name"]: decode(inp["arg"]) for inp in node["inputs"]},
+            args={
+                _field(inp, "name", str, f"an input of node '{_shown(name)}'"): decode(inp.get("arg"))
+                for inp in inputs
+            },
             outputs=outputs,
-            stack=module_stack((node.get("metadata") or {}).get("nn_module_stack")),
+            stack=module_stack(metadata.get("nn_module_stack") if isinstance(metadata, dict) else None),
             source=node,
         ))
     return program

@@ -17,7 +17,6 @@ for how operators become layers and how functional calls are named.
 
 from __future__ import annotations
 
-from pwlint.errors import LoadError
 from pwlint.hookspecs import hookimpl
 from pwlint.ir import ModelGraph
 from pwlint.loaders.torch_archive import classify, not_a_zip, open_archive, refuse_pickle
@@ -43,18 +42,13 @@ def read_program(path: str):
         archive.close()
 
 
-#: what unexpected values in a damaged or hand-made file can raise while the graph is built
-DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError)
-
-
 def load(path: str) -> ModelGraph:
+    """The file's graph. What the readers knowingly check and refuse raises LoadError;
+    any other exception is a bug here, reported as an internal error by the engine."""
     from pwlint.loaders.torch_graph import build_graph
 
     program, fmt = read_program(path)
-    try:
-        graph = build_graph(program, path)
-    except DAMAGE as exc:
-        raise LoadError(f"{path}: unexpected content in the {fmt} program ({type(exc).__name__}: {exc})") from exc
+    graph = build_graph(program, path)
     graph.meta["container"] = fmt
     return graph
 

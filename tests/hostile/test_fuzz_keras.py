@@ -187,3 +187,55 @@ def test_flatten_input_with_unknown_channels_and_known_positions(base):
     unknown = run_inprocess("check", str(path), "--select", "PW001")
     # the channel count comes from the dense layer's fan-in: the same finding as the intact model's
     assert "PW001" in intact.out and unknown.out == intact.out.replace(str(base[1]), str(path))
+
+
+def test_a_class_name_that_is_not_a_string_is_no_model_graph(base):
+    """``"class_name": {...}`` at the top was a TypeError (a dict looked up in a set): now
+    the config is not a layer graph, and a model of nothing pwlint knows is refused."""
+    config, _, folder = base
+    path = folder / "classname.keras"
+    _write_keras(path, json.dumps(_set(config, ("class_name",), {"Functional": 1})), None)
+    run = run_inprocess("check", str(path))
+    assert run.code == 2 and run.err.startswith(f"pwlint: error: {path}: "), run.err
+    assert "internal error" not in run.err and "cannot check this model" in run.err, run.err
+
+
+def _conv_config(config: dict) -> tuple:
+    (index,) = [i for i, layer in enumerate(config["config"]["layers"]) if layer["class_name"] == "Conv2D"]
+    return ("config", "layers", index, "config")
+
+
+@pytest.mark.parametrize("key", ["groups", "depth_multiplier"])
+@pytest.mark.parametrize("value", [[2], "two", {"n": 2}, 1.5], ids=["list", "str", "dict", "float"])
+def test_conv_counts_of_the_wrong_type_are_unknown(base, key, value):
+    """``groups: [2]`` was a TypeError in int(): a count that is not a whole number is unknown,
+    and the model lints as the intact one does (the head is still found)."""
+    config, source, folder = base
+    path = folder / "groups.keras"
+    with zipfile.ZipFile(source) as zf:
+        _write_keras(path, json.dumps(_set(config, _conv_config(config) + (key,), value)), zf.read("model.weights.h5"))
+    run = run_inprocess("check", str(path), "--select", "PW001")
+    assert (run.code, run.err) == (1, ""), run.err
+    assert "PW001" in run.out
+
+
+def test_damaged_weights_data_is_a_refusal_not_an_internal_error(base):
+    """h5py raised RuntimeError while listing a damaged group of the weights file: that is
+    a damaged file, refused with h5py's reason."""
+    _, source, folder = base
+    raw = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as zf:
+        info = zf.getinfo("model.weights.h5")
+    assert info.compress_type == zipfile.ZIP_STORED  # Keras stores it: its bytes are in the file as is
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    weights = bytes(raw[start:start + info.file_size])
+    # every group's local heap (its link names) starts with "HEAP": corrupt those signatures
+    heaps = [i for i in range(len(weights)) if weights.startswith(b"HEAP", i)]
+    assert heaps
+    for offset in heaps:
+        raw[start + offset:start + offset + 4] = b"XXXX"
+    path = folder / "heap.keras"
+    path.write_bytes(bytes(raw))
+    run = run_inprocess("check", str(path))
+    assert run.code == 2, run.out
+    assert run.err.startswith(f"pwlint: error: {path}: cannot read the stored weights, the HDF5 data is damaged ("), run.err

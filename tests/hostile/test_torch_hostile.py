@@ -18,8 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.conftest import run_inprocess
 from tests.hostile import zip_corpus as corpus
-from tests.hostile.harness import assert_handled, run_bounded
+from tests.hostile.harness import assert_handled, assert_handled_inprocess, fuzz_budget, run_bounded
+from tests.hostile.test_fuzz_keras import _mutate as mutate
+
+BUDGET = fuzz_budget()
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -170,6 +177,42 @@ def _node(document: dict, index: int) -> dict:
 
 def _output_name(node: dict) -> str:
     return node["outputs"][0]["as_tensor"]["name"]
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda d: d.pop("graph_module"), "the program.graph_module is missing"),
+    (lambda d: d["graph_module"]["graph"].update(nodes={}), "graph_module.graph.nodes is not a list"),
+    (lambda d: d["graph_module"]["graph"]["nodes"].append("conv"), "holds a node that is not an object"),
+    (lambda d: _node(d, 0).update(inputs="x"), ".inputs is not a list"),
+    (lambda d: d["graph_module"]["signature"]["input_specs"].insert(0, []), "an input spec is not an object with one entry"),
+    (lambda d: _node(d, 0)["outputs"].insert(0, {"as_tensor": {"name": 7}}), "as_tensor.name is not a string"),
+])
+def test_program_shaped_unlike_torch_export_writes_it(saved, tmp_path, edit, where):
+    """Each was a KeyError or TypeError inside pwlint: the reader checks what it reads and
+    says where the program is malformed."""
+    document = program_of(saved[".pt2"])
+    edit(document)
+    path = with_program(saved, tmp_path, document)
+    run = run_inprocess("check", str(path))
+    assert run.code == 2, run.out
+    prefix = f"pwlint: error: {path}: malformed serialized program in small/{PROGRAM}: "
+    assert run.err.startswith(prefix) and where in run.err, run.err
+
+
+@BUDGET
+@given(data=st.data())
+def test_mutated_programs(saved, tmp_path_factory, data):
+    """The .pt2 program JSON mutated as the Keras fuzzer mutates configs: every outcome is a
+    lint or one clear error line, never an internal error."""
+    document = mutate(program_of(saved[".pt2"]), data)
+    folder = tmp_path_factory.getbasetemp() / "pt2-fuzz"
+    folder.mkdir(exist_ok=True)
+    try:
+        text = json.dumps(document)
+    except RecursionError:  # nested deeper than json can write: nothing to lint
+        return
+    path = corpus.with_member(saved[".pt2"], folder / "fuzz.pt2", PROGRAM, text.encode())
+    assert_handled_inprocess(path)
 
 
 def test_program_with_a_cycle(saved, tmp_path):
