@@ -148,13 +148,12 @@ def discover(paths: Iterable[str], suffixes: tuple[str, ...]) -> list[str]:
 
 def internal_error(path: str, fmt: str | None, exc: BaseException) -> str:
     """The one line for an exception no loader meant: what broke, and a plea to report it."""
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    detail = detail.splitlines()[0] if detail.strip() else type(exc).__name__
+    detail = (f"{type(exc).__name__}: {exc}" if str(exc).strip() else type(exc).__name__).splitlines()[0]
     if len(detail) > 200:
         detail = detail[:200] + "..."
     return (
         f"{path}: internal error while reading the {fmt or 'model'} file ({detail}); "
-        "please report it with the file"
+        "please report it with the file (PWLINT_DEBUG=1 shows the traceback)"
     )
 
 
@@ -237,6 +236,8 @@ class Linter:
                 f"{path}: model too large or too deeply nested to read ({type(exc).__name__})"
             ) from exc
         except Exception as exc:  # noqa: BLE001 - anything else is a bug, reported as one
+            if os.environ.get("PWLINT_DEBUG"):
+                raise  # the traceback, for whoever fixes it (as the CLI does)
             raise PwlintError(internal_error(path, loader.name, exc)) from exc
 
     def understood(self, graph, path: str):

@@ -649,5 +649,5 @@ def test_a_bug_in_a_thirdparty_loader_is_an_internal_error_to_report(mine_site, 
     line = one_line_error(run_with_plugins(mine_site, str(path)))
     assert line == (
         f"pwlint: error: {path}: internal error while reading the mine file (KeyError: 'edges'); "
-        "please report it with the file"
+        "please report it with the file (PWLINT_DEBUG=1 shows the traceback)"
     )
