@@ -370,6 +370,47 @@ def test_rules_as_json(pwlint):
     assert all(r["severity"] in ("info", "warning", "error") and r["summary"] for r in rules)
 
 
+# a bug inside a built-in loader: not dressed up as a verdict on the file -----------------
+
+def _keras_file(folder):
+    import zipfile
+
+    path = folder / "m.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {"name": "s", "layers": []}}))
+    return path
+
+
+def _raise_keyerror(*args, **kwargs):
+    raise KeyError("kernel")
+
+
+@pytest.mark.parametrize("fmt", ["keras", "torch"])
+def test_a_bug_in_a_builtin_loader_is_an_internal_error_to_report(pwlint, tmp_path, monkeypatch, fmt):
+    """A KeyError inside the loader, as a bug would raise it (here planted where each loader
+    builds its graph), reaches the user as an internal error with a plea to report it, not
+    as a clean "malformed file" refusal: the Keras and torch loaders used to catch five
+    exception types and call them damage, so the fuzzers could not see their bugs."""
+    if fmt == "keras":
+        import pwlint.loaders.keras_weights as planted
+
+        monkeypatch.setattr(planted, "index_weights", _raise_keyerror)
+        path = _keras_file(tmp_path)
+    else:
+        import pwlint.loaders.torch_graph as planted
+        import pwlint.loaders.torch_loader as torch_loader
+
+        monkeypatch.setattr(torch_loader, "read_program", lambda path: (object(), "pt2"))
+        monkeypatch.setattr(planted, "build_graph", _raise_keyerror)
+        path = tmp_path / "m.pt2"
+        path.write_bytes(b"routed to the torch loader by its suffix")
+    line = one_line_error(pwlint(str(path)))
+    assert line == (
+        f"pwlint: error: {path}: internal error while reading the {fmt} file (KeyError: 'kernel'); "
+        "please report it with the file (PWLINT_DEBUG=1 shows the traceback)"
+    )
+
+
 # unreadable input: one line on stderr, exit 2, no traceback, through the real command ---
 
 @pytest.fixture(scope="module")
