@@ -61,7 +61,8 @@ def run_bounded(*args: str | Path, timeout: float = 60, cwd: str | Path | None =
 def assert_handled(run: BoundedRun, max_mib: float = 1500) -> None:
     """What every hostile input must give: a lint (exit 0 or 1) or exit 2 with exactly
     one ``pwlint: error:`` line on stderr; never a traceback, an internal error or a
-    memory blow-up."""
+    memory blow-up. An "internal error" line is how the engine reports an exception no
+    loader meant (pwlint.engine.Linter.read): a bug, even though the user sees one line."""
     assert run.code in (0, 1, 2), (run.code, run.err[-2000:])
     assert "Traceback" not in run.err + run.out, run.err[-2000:]
     assert "internal error" not in run.err, run.err
