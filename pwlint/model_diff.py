@@ -133,7 +133,6 @@ class Comparer:
 
     def _read(self, file: str, label: str, path: str, settings) -> tuple[Figures, list[Finding]]:
         from pwlint.errors import PwlintError
-        from pwlint.loaders.files import require_plausible_sizes
         from pwlint.stats import model_stats
 
         if os.path.isdir(file):
@@ -144,14 +143,10 @@ class Comparer:
         if loader is None:
             raise PwlintError(f"{label}: unsupported file type (pwlint reads {', '.join(self.registry.suffixes)})")
         try:
-            graph = loader.load(file)
-            # the checks `check` makes on every loaded graph: sizes, coverage, missing weights
-            require_plausible_sizes(graph, file)
-            self.linter.understood(graph, file)
+            # check's one load path: sizes, coverage, missing weights, internal errors
+            graph, _ = self.linter.read(loader, file)
         except PwlintError as exc:
             raise PwlintError(str(exc).replace(file, label)) from None
-        except (MemoryError, RecursionError) as exc:
-            raise PwlintError(f"{label}: model too large or too deeply nested to read ({type(exc).__name__})") from None
         findings = self.linter.check_graph(graph, path, settings)
         for finding in findings:
             finding.path = label
