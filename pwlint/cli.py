@@ -154,7 +154,7 @@ def _check(registry, args) -> int:
     if args.write_baseline and (args.fix or args.diff or args.baseline):
         raise PwlintError("--write-baseline records findings; it does not combine with --fix, --diff or --baseline")
     if args.fix or args.diff:
-        from pwlint.fixer import FixMode
+        from pwlint.fix.rounds import FixMode
 
         fix_mode = FixMode(unsafe=args.unsafe_fixes, verify=not args.no_verify, diff=args.diff, output=args.output)
     elif args.no_verify:

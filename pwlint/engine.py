@@ -13,7 +13,7 @@ from pwlint.config import ConfigResolver, Settings, describe_validation_error
 from pwlint.coverage import measure
 from pwlint.errors import ConfigError, PwlintError
 from pwlint.findings import Finding, Severity
-from pwlint.loaders.files import require_plausible_sizes
+from pwlint.limits import require_plausible_sizes
 from pwlint.plugins import Registry
 from pwlint.rule import Rule, RuleOptions
 from pwlint.signature import finding_signature
@@ -28,7 +28,7 @@ class FileResult:
     error: str | None = None
     findings: list[Finding] = field(default_factory=list)
     fail_on: Severity = Severity.WARNING
-    #: a pwlint.fixer.FixReport when run with --fix or --diff
+    #: a pwlint.fix.rounds.FixReport when run with --fix or --diff
     fix: object = None
     #: the codes of the rules that ran on this file (selection and per-file ignores applied)
     checked_codes: set[str] = field(default_factory=set)
@@ -163,7 +163,7 @@ class Linter:
     ) -> None:
         self.registry = registry
         self.resolver = resolver
-        #: a pwlint.fixer.FixMode when fixing, None when only linting
+        #: a pwlint.fix.rounds.FixMode when fixing, None when only linting
         self.fix_mode = fix_mode
         #: lint a model whose weights are missing from its shapes alone (--allow-missing-weights)
         self.allow_missing_weights = allow_missing_weights
@@ -280,7 +280,7 @@ class Linter:
         return found
 
     def _fix(self, file_result: FileResult, fmt: str, settings: Settings) -> None:
-        from pwlint.fixer import fix_file
+        from pwlint.fix.rounds import fix_file
 
         wanted = self.fix_mode.output or any(f.fixes for f in file_result.findings)
         if not wanted:

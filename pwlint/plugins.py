@@ -18,11 +18,11 @@ DISABLE_AUTOLOAD_ENV = "PWLINT_DISABLE_PLUGIN_AUTOLOAD"
 #: Built-in plugins, registered by module name exactly as an entry point would be.
 DEFAULT_PLUGINS = (
     "pwlint_rules",
-    "pwlint.loaders.onnx_loader",
-    "pwlint.loaders.keras_loader",
-    "pwlint.loaders.torch_loader",
-    "pwlint.backends.keras_register",
-    "pwlint.backends.pt2_register",
+    "pwlint.formats.onnx.loader",
+    "pwlint.formats.keras.loader",
+    "pwlint.formats.pytorch.loader",
+    "pwlint.formats.keras.register",
+    "pwlint.formats.pytorch.pt2.register",
     "pwlint.reporters.text",
     "pwlint.reporters.json",
     "pwlint.reporters.concise",
@@ -55,7 +55,7 @@ class Registry:
         - Else the suffix decides, so that a damaged ``.onnx`` still gets the ONNX
           loader's own error, and None means no loader reads this file.
         """
-        from pwlint.loaders import sniff
+        from pwlint.formats import sniff
 
         lowered = path.lower()
         by_suffix = [loader for loader in self.loaders.values() if lowered.endswith(tuple(loader.suffixes))]

@@ -392,13 +392,13 @@ def test_a_bug_in_a_builtin_loader_is_an_internal_error_to_report(pwlint, tmp_pa
     as a clean "malformed file" refusal: the Keras and torch loaders used to catch five
     exception types and call them damage, so the fuzzers could not see their bugs."""
     if fmt == "keras":
-        import pwlint.loaders.keras_weights as planted
+        import pwlint.formats.keras.weights as planted
 
         monkeypatch.setattr(planted, "index_weights", _raise_keyerror)
         path = _keras_file(tmp_path)
     else:
-        import pwlint.loaders.torch_graph as planted
-        import pwlint.loaders.torch_loader as torch_loader
+        import pwlint.formats.pytorch.graph as planted
+        import pwlint.formats.pytorch.loader as torch_loader
 
         monkeypatch.setattr(torch_loader, "read_program", lambda path: (object(), "pt2"))
         monkeypatch.setattr(planted, "build_graph", _raise_keyerror)

@@ -21,10 +21,12 @@ def test_every_package_is_listed_for_installation():
     assert found <= listed, sorted(found - listed)
 
 
-def test_rules_folder_is_installed_as_pwlint_rules():
+def test_rules_folder_is_the_pwlint_rules_package():
+    """The folder is named as it is imported: no package-dir mapping to get wrong."""
     setuptools = _config()["tool"]["setuptools"]
     assert "pwlint_rules" in setuptools["packages"]
-    assert setuptools["package-dir"]["pwlint_rules"] == "rules"
+    assert "package-dir" not in setuptools
+    assert (ROOT / "pwlint_rules" / "__init__.py").is_file()
 
 
 def test_torch_is_pinned_everywhere():

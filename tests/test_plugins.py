@@ -318,7 +318,7 @@ def test_builtin_rules_are_registered_through_the_hook():
     assert run.code == 0
     listed = dict(line.split(": ", 1) for line in run.out.splitlines())
     assert set(listed["pwlint_rules"].split(", ")) == {rule.code for rule in _builtin_rules()}
-    assert set(listed["pwlint.loaders.onnx_loader"].split(", ")) == {"onnx loader", "onnx fixes"}
+    assert set(listed["pwlint.formats.onnx.loader"].split(", ")) == {"onnx loader", "onnx fixes"}
     assert listed["pwlint.reporters.text"] == "text format"
     assert listed["pwlint.reporters.json"] == "json format"
 

@@ -260,7 +260,7 @@ def wiring_fault(model) -> str | None:
     read of a name no visible graph makes), or None; ``"ambiguous"`` where a name is
     made twice (ONNX names are made once) so no answer is certain.
 
-    A reference for the fuzz test, written apart from pwlint.loaders.onnx_guard: a
+    A reference for the fuzz test, written apart from pwlint.formats.onnx.guard: a
     recursive walk with networkx. A subgraph's reads of outer names are inputs of the
     node holding it, as onnxruntime sorts them."""
     import networkx as nx

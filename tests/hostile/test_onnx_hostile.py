@@ -12,7 +12,7 @@ Decisions these tests pin down:
 - cycles and self-loops are errors; nodes merely out of order are not (onnxruntime
   sorts them). The same holds inside If/Loop bodies, where a body's reads of the
   graphs around it count as inputs of the node holding it: those cases are in
-  tests/loaders/test_onnx_subgraphs.py;
+  tests/formats/onnx/test_subgraphs.py;
 - a missing ONNX opset is an error: the operators mean nothing without it; so is
   a node with fewer inputs than its operator takes, or an attribute of another
   type than the operator's schema declares (the ONNX checker's rules);
@@ -28,7 +28,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from pwlint.loaders import onnx_guard, onnx_wire
+from pwlint.formats.onnx import guard as onnx_guard
+
+from pwlint.formats.onnx import wire as onnx_wire
 from tests.conftest import cnn_model, run_inprocess
 from tests.hostile import onnx_corpus as corpus
 from tests.hostile.harness import assert_handled, run_bounded
@@ -375,7 +377,7 @@ def test_fix_refuses_external_data_outside_the_folder_and_writes_nothing(model_f
 
 def test_fix_backend_refuses_external_data_outside_the_folder(model_folder):
     """Even called without a lint before it, opening the model for fixing refuses it."""
-    from pwlint.backends.onnx_backend import OnnxBackend
+    from pwlint.formats.onnx.backend import OnnxBackend
     from pwlint.errors import LoadError
 
     path = write(model_folder, "m.onnx", corpus.external_weight("../secret.bin"))

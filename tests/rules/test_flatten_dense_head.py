@@ -313,7 +313,7 @@ def test_flatten_of_raw_input_image_into_mlp_is_not_reported(onnx_text):
 
 def _rule_findings(path) -> list:
     """PW001's findings on a model file, fixes included, straight from the rule."""
-    from pwlint.loaders.onnx_loader import load
+    from pwlint.formats.onnx.loader import load
     from pwlint_rules.flatten_dense_head import RULE
 
     return list(RULE.check(load(str(path)), RULE.options()))

@@ -1,2 +1,0 @@
-"""Fix backends: each carries out format-neutral fix plans on one model format."""
-

@@ -1,0 +1,1 @@
+"""Format-neutral fixing: the round loop and the shared fix arithmetic."""

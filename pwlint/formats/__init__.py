@@ -1,0 +1,1 @@
+"""Model formats: one package per format, each a plugin with its reader and fix backend side by side."""

@@ -1,0 +1,1 @@
+"""ONNX: the reader (wire format, guard, shapes, patterns) and the fix backend."""

@@ -1,0 +1,1 @@
+"""torch.export archives: the JSON program reader and the fix backend."""

@@ -1,0 +1,1 @@
+"""TorchScript archives: code parsed and interpreted symbolically, never run."""

@@ -1,0 +1,185 @@
+"""Reading a TorchScript archive (``torch.jit.save``) without torch and without running it.
+
+A TorchScript archive holds ``code/__torch__/**.py`` (the compiled program printed as
+Python-like source: one class per module type with its ``forward``), ``data.pkl`` (the
+module tree: attribute values, and parameters as ``_rebuild_tensor_v2(storage, offset,
+size, ...)`` calls) and ``constants.pkl``.
+
+``torch.jit.load`` is not used: loading runs TorchScript code from the file (a class's
+``__setstate__``), and TorchScript reaches operators with side effects. Instead the
+source is parsed with :mod:`ast` (never compiled or executed), the pickles are
+disassembled by :mod:`pwlint.formats.pytorch.pickle_scan` (never unpickled), and
+:mod:`pwlint.formats.pytorch.torchscript.interp` follows ``forward`` symbolically, recording each ATen
+operator with the module path it runs in.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from pwlint.errors import LoadError
+from pwlint.formats.pytorch.pickle_scan import Call, Global, Obj, PickleScanError, scan
+from pwlint.formats.pytorch.archive import MAX_METADATA, Archive
+from pwlint.formats.pytorch.program import Program, Weight
+
+TENSOR_BUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_qtensor"}
+LIST_BUILDERS = {"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag"}
+
+
+@dataclass
+class ClassInfo:
+    qualname: str
+    parameters: list[str] = field(default_factory=list)
+    buffers: list[str] = field(default_factory=list)
+    constants: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, ast.FunctionDef] = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        """``__torch__.torch.nn.modules.conv.___torch_mangle_3.Conv2d`` -> ``torch.nn.modules.conv.Conv2d``."""
+        return re.sub(r"___torch_mangle_\d+\.", "", self.qualname.removeprefix("__torch__."))
+
+
+@dataclass
+class Code:
+    classes: dict[str, ClassInfo] = field(default_factory=dict)
+    functions: dict[str, ast.FunctionDef] = field(default_factory=dict)
+
+
+def _literal(node):
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return None
+
+
+def parse_code(archive: Archive, root: str) -> Code:
+    code = Code()
+    prefix = root + "code/"
+    budget = MAX_METADATA
+    for member in sorted(archive.names(prefix)):
+        if not member.endswith(".py"):
+            continue
+        text = archive.text(member, budget)
+        budget -= len(text)
+        module = member[len(prefix): -len(".py")].replace("/", ".")
+        try:
+            with warnings.catch_warnings():  # odd literals in a damaged file must not print warnings
+                warnings.simplefilter("ignore")
+                tree = ast.parse(text, filename=member)
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            raise LoadError(f"{archive.path}: cannot parse TorchScript code {member} ({type(exc).__name__})") from exc
+        for item in tree.body:
+            if isinstance(item, ast.FunctionDef):
+                code.functions[f"{module}.{item.name}"] = item
+            elif isinstance(item, ast.ClassDef):
+                code.classes[f"{module}.{item.name}"] = _class(f"{module}.{item.name}", item)
+    return code
+
+
+def _class(qualname: str, node: ast.ClassDef) -> ClassInfo:
+    info = ClassInfo(qualname)
+    for item in node.body:
+        if isinstance(item, ast.FunctionDef):
+            info.methods[item.name] = item
+        elif isinstance(item, ast.Assign) and len(item.targets) == 1 and isinstance(item.targets[0], ast.Name):
+            if item.targets[0].id in ("__parameters__", "__buffers__"):
+                names = _literal(item.value) or []
+                target = info.parameters if item.targets[0].id == "__parameters__" else info.buffers
+                target.extend(n for n in names if isinstance(n, str))
+        elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.value is not None:
+            info.constants[item.target.id] = _literal(item.value)
+    return info
+
+
+def tensor_shape(value) -> tuple | None:
+    """The size recorded in a pickled tensor (``_rebuild_tensor_v2(storage, offset, size, ...)``)."""
+    for _ in range(4):
+        if not isinstance(value, Call) or not isinstance(value.func, Global):
+            return None
+        if value.func.name in TENSOR_BUILDERS and isinstance(value.args, tuple) and len(value.args) > 2:
+            size = value.args[2]
+            return tuple(size) if isinstance(size, (tuple, list)) and all(isinstance(s, int) for s in size) else None
+        if value.func.name.startswith("_rebuild_parameter") and value.args:
+            value = value.args[0]
+        else:
+            return None
+    return None
+
+
+def plain(value):
+    """A pickled attribute value as a Python value (``build_intlist([0, 0])`` -> ``[0, 0]``)."""
+    if isinstance(value, Call) and isinstance(value.func, Global) and value.func.name in LIST_BUILDERS and value.args:
+        return value.args[0]
+    return value
+
+
+def _pickle(archive: Archive, member: str):
+    try:
+        return scan(archive.read(member, MAX_METADATA))
+    except PickleScanError as exc:
+        raise LoadError(f"{archive.path}: cannot read {member} ({exc})") from exc
+
+
+def module_class(code: Code, value) -> ClassInfo | None:
+    if isinstance(value, Obj) and isinstance(value.cls, Global):
+        return code.classes.get(value.cls.qualname)
+    return None
+
+
+def register_parameters(program: Program, code: Code, root: Obj) -> dict[int, str]:
+    """Every parameter and buffer of the module tree, by first path; returns id(tensor) -> name."""
+    names: dict[int, str] = {}
+    queue, seen = [(root, "")], {id(root)}
+    while queue:
+        obj, path = queue.pop(0)
+        info = module_class(code, obj)
+        state = obj.state if isinstance(obj.state, dict) else {}
+        for attr, value in state.items():
+            if not isinstance(attr, str):
+                continue
+            child = f"{path}.{attr}" if path else attr
+            shape = tensor_shape(value)
+            if shape is not None and info is not None and id(value) not in names:
+                kind = "parameter" if attr in info.parameters else "buffer" if attr in info.buffers else "constant"
+                names[id(value)] = child
+                program.weights[child] = Weight(child, shape, kind)
+                if kind == "parameter":
+                    program.parameters[child] = program.weights[child].numel
+            elif module_class(code, value) is not None and id(value) not in seen:
+                seen.add(id(value))
+                queue.append((value, child))
+    return names
+
+
+def read_torchscript(archive: Archive, root: str) -> Program:
+    from pwlint.formats.pytorch.torchscript.interp import Interpreter
+    from pwlint.formats.pytorch.torchscript.values import TorchScriptUnsupported
+
+    code = parse_code(archive, root)
+    tree = _pickle(archive, root + "data.pkl")
+    constants = _pickle(archive, root + "constants.pkl") if root + "constants.pkl" in archive.infos else ()
+    info = module_class(code, tree)
+    if info is None or "forward" not in info.methods:
+        raise LoadError(f"{archive.path}: TorchScript archive without a module with a forward method")
+    program = Program()
+    names = register_parameters(program, code, tree)
+    try:
+        Interpreter(code, program, names, constants if isinstance(constants, tuple) else ()).run(tree, info)
+    except TorchScriptUnsupported as exc:
+        raise LoadError(
+            f"{archive.path}: cannot follow this TorchScript program statically ({exc}); "
+            "export the model with torch.export.save() to a .pt2 file"
+        ) from exc
+    except RecursionError as exc:
+        raise LoadError(f"{archive.path}: TorchScript program nested too deeply to read") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise LoadError(
+            f"{archive.path}: unexpected content in the TorchScript program ({type(exc).__name__}: {exc})"
+        ) from exc
+    program.meta.update(archive="torchscript", model_class=info.display)
+    return program

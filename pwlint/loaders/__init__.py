@@ -1,1 +1,0 @@
-"""Format loaders: each turns one kind of model file into a ModelGraph."""

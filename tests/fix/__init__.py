@@ -1,0 +1,1 @@
+"""Tests of fixing: the round loop, verification, writing, and the ONNX fixes."""

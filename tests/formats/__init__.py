@@ -1,0 +1,1 @@
+"""Tests of the format packages: reading by content, missing weights."""

@@ -1,0 +1,1 @@
+"""Tests of the Keras reader and fix backend."""

@@ -1,0 +1,1 @@
+"""Tests of the PyTorch readers and the .pt2 fix backend."""
