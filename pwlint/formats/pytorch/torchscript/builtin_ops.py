@@ -18,7 +18,7 @@ from pwlint.formats.pytorch.pickle_scan import Call, Global, Persistent
 from pwlint.formats.pytorch.ops import SCHEMAS
 from pwlint.formats.pytorch.program import OpNode, Program, TensorRef, Weight
 from pwlint.formats.pytorch.shapes import guess_input, infer
-from pwlint.formats.pytorch.torchscript.read import plain, tensor_shape
+from pwlint.formats.pytorch.torchscript.parsed import plain, tensor_shape
 from pwlint.formats.pytorch.torchscript.values import (
     FLOAT_STORAGES, LIST_OUTPUT, MAX_ITEMS, MULTI_OUTPUT, NOT_LAYERS, PY_BUILTINS, SCALAR, UNKNOWN,
     Operator, PyBuiltin, Raised, TensorList, TorchScriptUnsupported, affordable, is_known, small,

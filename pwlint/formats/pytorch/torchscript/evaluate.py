@@ -13,7 +13,7 @@ import operator
 
 from pwlint.formats.pytorch.pickle_scan import Call, Global, Obj, Persistent
 from pwlint.formats.pytorch.program import TensorRef
-from pwlint.formats.pytorch.torchscript.read import module_class, plain
+from pwlint.formats.pytorch.torchscript.parsed import module_class, plain
 from pwlint.formats.pytorch.torchscript.builtin_ops import Builtins
 from pwlint.formats.pytorch.torchscript.values import UNKNOWN, Bound, Function, Module, Namespace, TorchScriptUnsupported, is_known
 

@@ -16,7 +16,7 @@ import ast
 
 from pwlint.formats.pytorch.pickle_scan import Obj
 from pwlint.formats.pytorch.program import ModuleCall, Program, TensorRef
-from pwlint.formats.pytorch.torchscript.read import ClassInfo, Code
+from pwlint.formats.pytorch.torchscript.parsed import ClassInfo, Code
 from pwlint.formats.pytorch.torchscript.evaluate import Expressions
 from pwlint.formats.pytorch.torchscript.values import (
     UNKNOWN, Bound, Function, Module, Namespace, Raised, TensorList, TorchScriptUnsupported,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pwlint.formats.pytorch.pickle_scan import Obj
 from pwlint.formats.pytorch.program import OpNode, TensorRef
-from pwlint.formats.pytorch.torchscript.read import ClassInfo
+from pwlint.formats.pytorch.torchscript.parsed import ClassInfo
 
 
 class TorchScriptUnsupported(Exception):
