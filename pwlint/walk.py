@@ -15,6 +15,19 @@ from pwlint.ir import Layer, ModelGraph
 TRANSPARENT_KINDS = frozenset({"dropout", "identity"})
 
 
+def is_layout_perm(perm) -> bool:
+    """True for a transpose that only moves the channel axis between second and last
+    (NCHW <-> NHWC, ``[0, 2, 1]``): loaders record it as ``layout_change``, which every
+    format spells as a permutation, so that walks see through it."""
+    if not perm or len(perm) < 3 or perm[0] != 0:
+        return False
+    rest = list(perm[1:])
+    n = len(rest)
+    to_last = rest == list(range(2, n + 1)) + [1]
+    to_first = rest == [n] + list(range(1, n))
+    return to_last or to_first
+
+
 def is_transparent(layer: Layer) -> bool:
     """Layers that pass a tensor on unchanged in meaning."""
     if layer.kind in TRANSPARENT_KINDS:

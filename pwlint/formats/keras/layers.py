@@ -16,6 +16,7 @@ from math import prod
 from typing import Any
 
 from pwlint.ir import channels
+from pwlint.walk import is_layout_perm
 
 CONV_CLASS = re.compile(r"^(Conv|Convolution|DepthwiseConv|SeparableConv|SeparableConvolution)([123])D(Transpose)?$")
 
@@ -198,7 +199,7 @@ def describe(class_name: str, config: dict, in_shapes: list, weights: list, layo
     elif kind == "transpose":
         dims = _sequence(config.get("dims"))
         perm = (0, *dims) if dims else None
-        attrs = {"perm": perm, "layout_change": _is_layout_perm(perm)}
+        attrs = {"perm": perm, "layout_change": is_layout_perm(perm)}
     elif kind == "reshape":
         attrs = {"target_shape": _sequence(config.get("target_shape"))}
     elif kind == "concat":
@@ -292,15 +293,6 @@ def _conv_attrs(class_name: str, config: dict, in_shape, weights: list, layout: 
     if depthwise:
         attrs["depth_multiplier"] = multiplier
     return attrs
-
-
-def _is_layout_perm(perm) -> bool:
-    """True for perms that only move the channel axis (NHWC <-> NCHW, [0, 2, 1])."""
-    if not perm or len(perm) < 3 or perm[0] != 0:
-        return False
-    rest = list(perm[1:])
-    n = len(rest)
-    return rest == list(range(2, n + 1)) + [1] or rest == [n] + list(range(1, n))
 
 
 def config_params(class_name: str, config: dict, kind: str, attrs: dict, in_shape) -> int:

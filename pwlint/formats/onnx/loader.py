@@ -17,6 +17,7 @@ from typing import Iterator
 
 from pwlint.hookspecs import hookimpl
 from pwlint.ir import Layer, ModelGraph, UniqueNames
+from pwlint.walk import is_layout_perm
 from pwlint.formats.onnx.names import module_path
 from pwlint.formats.onnx.patterns import (
     BIAS_ADDS,
@@ -290,7 +291,7 @@ class _Builder:
             attrs = {"kernel": tuple(node.attrs.get("kernel_shape", ())), "stride": tuple(node.attrs.get("strides", ()))}
         elif kind == "transpose":
             perm = node.attrs.get("perm")
-            attrs = {"perm": tuple(perm) if perm else None, "layout_change": _is_layout_perm(perm)}
+            attrs = {"perm": tuple(perm) if perm else None, "layout_change": is_layout_perm(perm)}
         elif node.op in ("ReduceMean", "ReduceMax") and self._reduces_spatial(node):
             kind = "global_pool"
         return kind, attrs
@@ -371,17 +372,6 @@ class _Builder:
             producer = producer_layer.get(tensor)
             if producer is not None:
                 self.graph.connect(producer, layer.name, tensor, shapes.get(tensor), data=tensor == data_tensor)
-
-
-def _is_layout_perm(perm) -> bool:
-    """True for perms that only move the channel axis (NCHW <-> NHWC, [0,2,1])."""
-    if not perm or len(perm) < 3 or perm[0] != 0:
-        return False
-    rest = list(perm[1:])
-    n = len(rest)
-    to_last = rest == list(range(2, n + 1)) + [1]
-    to_first = rest == [n] + list(range(1, n))
-    return to_last or to_first
 
 
 @contextmanager

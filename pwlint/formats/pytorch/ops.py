@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pwlint.formats.onnx.loader import _is_layout_perm
 from pwlint.formats.pytorch.program import OpNode, Tensors
+from pwlint.walk import is_layout_perm
 
 CONV = frozenset({
     "conv1d", "conv2d", "conv3d", "convolution", "_convolution", "_convolution_mode",
@@ -237,7 +237,7 @@ def _transpose(node, group, tensors, data_shape):
             perm[first % rank], perm[second % rank] = perm[second % rank], perm[first % rank]
     if perm is not None and rank:
         perm = [p % rank for p in perm]
-    return "transpose", {"perm": tuple(perm) if perm else None, "layout_change": _is_layout_perm(perm)}
+    return "transpose", {"perm": tuple(perm) if perm else None, "layout_change": is_layout_perm(perm)}
 
 
 HANDLERS: tuple[tuple[frozenset, Callable], ...] = (
