@@ -53,7 +53,6 @@ to kind and attributes), :mod:`keras_shapes` (computed shapes) and
 
 from __future__ import annotations
 
-from pwlint.hookspecs import hookimpl
 from pwlint.ir import ModelGraph
 
 __all__ = ["KerasLoader", "KerasSource", "load"]
@@ -99,8 +98,3 @@ class KerasLoader:
     @staticmethod
     def load(path: str) -> ModelGraph:
         return load(path)
-
-
-@hookimpl
-def pwlint_register_loaders(register):
-    register(KerasLoader())

@@ -15,7 +15,6 @@ import gc
 from contextlib import contextmanager
 from typing import Iterator
 
-from pwlint.hookspecs import hookimpl
 from pwlint.ir import Layer, ModelGraph, UniqueNames
 from pwlint.walk import is_layout_perm
 from pwlint.formats.onnx.names import module_path
@@ -425,24 +424,3 @@ class OnnxLoader:
         if missing:
             graph.meta["missing_weights"] = describe_missing_data(missing)
         return graph
-
-
-@hookimpl
-def pwlint_register_loaders(register):
-    register(OnnxLoader())
-
-
-class _LazyOnnxBackend:
-    """Registers the fix backend without importing it: linting never needs it."""
-
-    name = "onnx"
-
-    def __getattr__(self, attribute):
-        from pwlint.formats.onnx.backend import OnnxBackend
-
-        return getattr(OnnxBackend, attribute)
-
-
-@hookimpl
-def pwlint_register_backends(register):
-    register(_LazyOnnxBackend())

@@ -17,7 +17,6 @@ for how operators become layers and how functional calls are named.
 
 from __future__ import annotations
 
-from pwlint.hookspecs import hookimpl
 from pwlint.ir import ModelGraph
 from pwlint.formats.pytorch.archive import classify, not_a_zip, open_archive, refuse_pickle
 
@@ -73,8 +72,3 @@ class TorchLoader:
     @staticmethod
     def load(path: str) -> ModelGraph:
         return load(path)
-
-
-@hookimpl
-def pwlint_register_loaders(register):
-    register(TorchLoader())

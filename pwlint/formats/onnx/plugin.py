@@ -1,0 +1,32 @@
+"""The ONNX format as one pwlint plugin: its loader and its fix backend.
+
+The backend is registered without being imported (nor onnx's numerics with it):
+linting never needs it, and the backend module imports the loader to lint a fixed
+model again, so the loader must not import the backend.
+"""
+
+from __future__ import annotations
+
+from pwlint.formats.onnx.loader import OnnxLoader
+from pwlint.hookspecs import hookimpl
+
+
+class LazyOnnxBackend:
+    """:class:`pwlint.formats.onnx.backend.OnnxBackend`, imported on first use."""
+
+    name = "onnx"
+
+    def __getattr__(self, attribute):
+        from pwlint.formats.onnx.backend import OnnxBackend
+
+        return getattr(OnnxBackend, attribute)
+
+
+@hookimpl
+def pwlint_register_loaders(register):
+    register(OnnxLoader())
+
+
+@hookimpl
+def pwlint_register_backends(register):
+    register(LazyOnnxBackend())

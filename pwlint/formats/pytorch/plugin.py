@@ -1,0 +1,32 @@
+"""The PyTorch formats as one pwlint plugin: the loader for ``.pt2`` and TorchScript
+archives, and the fix backend for ``.pt2`` (TorchScript files are linted, not fixed).
+
+The backend imports torch, so it is registered without being imported: linting
+never needs it.
+"""
+
+from __future__ import annotations
+
+from pwlint.formats.pytorch.loader import TorchLoader
+from pwlint.hookspecs import hookimpl
+
+
+class LazyPt2Backend:
+    """:class:`pwlint.formats.pytorch.pt2.backend.Pt2Backend`, imported on first use."""
+
+    name = "torch"
+
+    def __getattr__(self, attribute):
+        from pwlint.formats.pytorch.pt2.backend import Pt2Backend
+
+        return getattr(Pt2Backend, attribute)
+
+
+@hookimpl
+def pwlint_register_loaders(register):
+    register(TorchLoader())
+
+
+@hookimpl
+def pwlint_register_backends(register):
+    register(LazyPt2Backend())
