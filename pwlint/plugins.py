@@ -6,16 +6,23 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING, TypeGuard
 
 import pluggy
 
 from pwlint import hookspecs
+from pwlint.contracts import FixBackend, Loader, Reporter, SniffingLoader
 from pwlint.errors import LoadError, PwlintError
+
+if TYPE_CHECKING:
+    from pwlint.ir import ModelGraph
+    from pwlint.rule import Rule
 
 ENTRY_POINT_GROUP = "pwlint"
 DISABLE_AUTOLOAD_ENV = "PWLINT_DISABLE_PLUGIN_AUTOLOAD"
 
-#: Built-in plugins, registered by module name exactly as an entry point would be.
+#: Built-in plugins, registered by module name exactly as an entry point would be. Each
+#: module's docstring says what it registers (``tests/test_plugins.py`` checks there is one).
 DEFAULT_PLUGINS = (
     "pwlint_rules",
     "pwlint.formats.onnx.plugin",
@@ -34,14 +41,14 @@ DEFAULT_PLUGINS = (
 class Registry:
     """Everything the plugins registered, keyed by code, format or format name."""
 
-    rules: dict = field(default_factory=dict)
-    loaders: dict = field(default_factory=dict)
-    reporters: dict = field(default_factory=dict)
-    backends: dict = field(default_factory=dict)
+    rules: dict[str, Rule] = field(default_factory=dict)
+    loaders: dict[str, Loader] = field(default_factory=dict)
+    reporters: dict[str, Reporter] = field(default_factory=dict)
+    backends: dict[str, FixBackend] = field(default_factory=dict)
     #: plugin name -> the rule codes, loader and reporter names it registered
-    provided: dict = field(default_factory=dict)
+    provided: dict[str, list[str]] = field(default_factory=dict)
 
-    def loader_for(self, path: str):
+    def loader_for(self, path: str) -> Loader | RefusedFile | None:
         """The loader for ``path``, chosen by content; the suffix only breaks ties.
 
         - A file whose suffix first belongs to a loader without ``sniff`` goes to that
@@ -85,23 +92,24 @@ class Registry:
 
 class RefusedFile:
     """What :meth:`Registry.loader_for` gives for a file whose content shows it is not a
-    model (a Git LFS pointer, a safetensors file): loading it is a one-line error."""
+    model (a Git LFS pointer, a safetensors file): loading it is a one-line error.
+    A :class:`~pwlint.contracts.Loader` but for its name."""
 
-    name = None  # no format: JSON reports ``"format": null`` with the error
-    suffixes = ()
+    name: str | None = None  # no format: JSON reports ``"format": null`` with the error
+    suffixes: tuple[str, ...] = ()
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def load(self, path: str):
+    def load(self, path: str) -> ModelGraph:
         raise LoadError(self.reason)
 
 
-def _can_sniff(loader) -> bool:
+def _can_sniff(loader: Loader) -> TypeGuard[SniffingLoader]:
     return callable(getattr(loader, "sniff", None))
 
 
-def _sniffs(loader, path: str, head: bytes) -> bool:
+def _sniffs(loader: SniffingLoader, path: str, head: bytes) -> bool:
     try:
         return bool(loader.sniff(path, head))
     except Exception:  # noqa: BLE001 - a plugin's broken sniff must not stop every file
@@ -109,6 +117,8 @@ def _sniffs(loader, path: str, head: bytes) -> bool:
 
 
 def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
+    """The built-ins, then (unless ``autoload`` is False or ``PWLINT_DISABLE_PLUGIN_AUTOLOAD``
+    is set) the ``pwlint`` entry points; a plugin that fails to load is a one-line error."""
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     for module_name in DEFAULT_PLUGINS:
@@ -128,6 +138,7 @@ def make_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:
+    """Call every plugin's register hooks; a key two plugins register is an error naming both."""
     registry = Registry()
     for plugin_name, _ in pm.list_name_plugin():
         registry.provided[plugin_name] = []
@@ -161,4 +172,5 @@ def collect(pm: pluggy.PluginManager) -> Registry:
 
 @lru_cache(maxsize=None)
 def get_registry(autoload: bool | None = None) -> Registry:
+    """The registry of this process, collected once."""
     return collect(make_plugin_manager(autoload))
