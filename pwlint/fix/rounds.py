@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from pwlint.errors import FixNotApplicable
 from pwlint.findings import Finding, Fix
 from pwlint.ir import ModelGraph
 from pwlint.stats import ModelStats, model_stats
+
+if TYPE_CHECKING:
+    from pwlint.contracts import Feeds, FixBackend, FixSession, Outputs
 
 RTOL, ATOL = 1e-4, 1e-5
 MAX_ROUNDS = 8
@@ -104,14 +107,14 @@ class FixReport:
         return None if stats is None else {**stats.to_json(), "file_size": size}
 
 
-def named_outputs(outputs) -> dict[str, np.ndarray]:
+def named_outputs(outputs: Outputs) -> dict[str, np.ndarray]:
     """A backend's outputs by name: a dict as given (ONNX), a list named by position."""
     if isinstance(outputs, dict):
         return outputs
     return {f"output #{index}": value for index, value in enumerate(outputs)}
 
 
-def output_change(before, after) -> str | None:
+def output_change(before: Outputs, after: Outputs) -> str | None:
     """What changed in the outputs' names, order or shapes between two runs, or None."""
     before, after = named_outputs(before), named_outputs(after)
     missing = [name for name in before if name not in after]
@@ -130,7 +133,7 @@ def output_change(before, after) -> str | None:
     return None
 
 
-def compare(before, after) -> tuple[float, float, bool]:
+def compare(before: Outputs, after: Outputs) -> tuple[float, float, bool]:
     """Max absolute difference, max difference relative to the outputs' scale, and
     whether every element is within ``ATOL + RTOL * |before|``. Outputs (lists, or
     dicts by name) are paired by name; any change of names, order or shape is an
@@ -163,7 +166,7 @@ def _outcome(finding: Finding, fix: Fix, applied: bool, note: str) -> FixOutcome
 
 def fix_file(
     path: str,
-    backend,
+    backend: FixBackend,
     check: Callable[[ModelGraph], list[Finding]],
     mode: FixMode,
     findings: list[Finding],
@@ -204,7 +207,10 @@ def fix_file(
     return report
 
 
-def _fix_rounds(session, backend, check, mode: FixMode, report: FixReport, feeds, baseline) -> None:
+def _fix_rounds(
+    session: FixSession, backend: FixBackend, check: Callable[[ModelGraph], list[Finding]], mode: FixMode,
+    report: FixReport, feeds: Feeds | None, baseline: Outputs | None,
+) -> None:
     graph = session.graph()
     original_layers = {layer.name: layer.op for layer in graph.layers()}
     report.before = model_stats(graph)
@@ -296,7 +302,10 @@ def _chosen(finding: Finding, mode: FixMode) -> Fix | None:
     return finding.fix
 
 
-def _verify_round(session, backend, mode: FixMode, feeds, current, applied: list[FixOutcome]):
+def _verify_round(
+    session: FixSession, backend: FixBackend, mode: FixMode, feeds: Feeds | None, current: Outputs | None,
+    applied: list[FixOutcome],
+) -> Outputs | None:
     """Check and run the round's result; roll the round back if it fails."""
     safe = all(o.applicability == "safe" for o in applied)
     try:
@@ -331,7 +340,7 @@ def _verify_round(session, backend, mode: FixMode, feeds, current, applied: list
     return outputs
 
 
-def _roll_back(session, applied: list[FixOutcome], why: str, current):
+def _roll_back(session: FixSession, applied: list[FixOutcome], why: str, current: Outputs | None) -> Outputs | None:
     session.revert()
     for outcome in applied:
         outcome.applied = False
