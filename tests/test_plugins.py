@@ -4,8 +4,14 @@ documentation and tests are checked the way datasette checks its hooks."""
 
 from __future__ import annotations
 
+import ast
+import csv
+import importlib
+import inspect
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from pwlint import contracts
 from pwlint.findings import Severity
+from pwlint.plugins import DEFAULT_PLUGINS
 from pwlint.rule import DOC_SECTIONS, Rule
 from tests.conftest import Run, findings, one_line_error, run_inprocess
 
@@ -318,7 +326,7 @@ def test_builtin_rules_are_registered_through_the_hook():
     assert run.code == 0
     listed = dict(line.split(": ", 1) for line in run.out.splitlines())
     assert set(listed["pwlint_rules"].split(", ")) == {rule.code for rule in _builtin_rules()}
-    assert set(listed["pwlint.formats.onnx.loader"].split(", ")) == {"onnx loader", "onnx fixes"}
+    assert set(listed["pwlint.formats.onnx.plugin"].split(", ")) == {"onnx loader", "onnx fixes"}
     assert listed["pwlint.reporters.text"] == "text format"
     assert listed["pwlint.reporters.json"] == "json format"
 
@@ -651,3 +659,301 @@ def test_a_bug_in_a_thirdparty_loader_is_an_internal_error_to_report(mine_site, 
         f"pwlint: error: {path}: internal error while reading the mine file (KeyError: 'edges'); "
         "please report it with the file (PWLINT_DEBUG=1 shows the traceback)"
     )
+
+
+# written contracts: every hook, built-in plugin and Protocol member is documented --------
+#
+# As datasette's test_plugin_hooks_are_documented: the contracts a plugin author reads
+# (pwlint/hookspecs.py, pwlint/contracts.py, the README's "## Plugins") cannot fall behind
+# the code without a test failing.
+
+README = (TESTS.parent / "README.md").read_text(encoding="utf-8")
+
+
+def _plugins_section() -> str:
+    match = re.search(r"^## Plugins\n(.*?)(?=^## )", README, re.S | re.M)
+    assert match, "README has no '## Plugins' section"
+    return match.group(1)
+
+
+def _hookspecs() -> dict:
+    from pwlint import hookspecs
+
+    return {name: value for name, value in vars(hookspecs).items() if name.startswith("pwlint_")}
+
+
+def test_the_hookspecs_module_declares_every_hook_the_manager_knows():
+    from pwlint.plugins import make_plugin_manager
+
+    pm = make_plugin_manager(autoload=False)
+    assert {name for name in vars(pm.hook) if name.startswith("pwlint_")} == set(_hookspecs())
+
+
+@pytest.mark.parametrize("hook", sorted(_hookspecs()))
+def test_every_hook_is_documented(hook):
+    """The spec says what ``register`` takes, and the README's plugin section names the hook."""
+    doc = inspect.getdoc(_hookspecs()[hook]) or ""
+    assert "register(" in doc, f"{hook} has no docstring saying what it registers"
+    assert f"`{hook}`" in _plugins_section(), f"README's '## Plugins' does not mention {hook}"
+
+
+@pytest.mark.parametrize("module_name", DEFAULT_PLUGINS)
+def test_every_builtin_plugin_module_has_a_docstring(module_name):
+    module = importlib.import_module(module_name)
+    assert (module.__doc__ or "").strip(), f"built-in plugin {module_name} has no module docstring"
+
+
+def _protocol_members() -> list[tuple[str, str, str | None]]:
+    """(protocol, member, its docstring) for every member each Protocol in
+    pwlint.contracts declares itself: a method's docstring, or for an attribute the
+    string literal right after its annotation (as Sphinx reads attribute docstrings)."""
+    members = []
+    for node in ast.parse(Path(contracts.__file__).read_text(encoding="utf-8")).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for index, statement in enumerate(node.body):
+            if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+                after = node.body[index + 1] if index + 1 < len(node.body) else None
+                documented = (
+                    isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)
+                )
+                members.append((node.name, statement.target.id, after.value.value if documented else None))
+            elif isinstance(statement, ast.FunctionDef):
+                members.append((node.name, statement.name, ast.get_docstring(statement)))
+    return members
+
+
+PROTOCOLS = [
+    contracts.Loader, contracts.SniffingLoader, contracts.DiscoveringLoader, contracts.Reporter,
+    contracts.FixBackend, contracts.DescribedBackend, contracts.FixSession,
+]
+
+
+def _own_members(protocol) -> set[str]:
+    own = vars(protocol)
+    return set(own.get("__annotations__", {})) | {
+        name for name, value in own.items() if callable(value) and not name.startswith("_")
+    }
+
+
+def test_the_contracts_are_the_protocols_listed_here():
+    """Guards the lists below: a Protocol added to pwlint.contracts is checked too."""
+    declared = {name for name in contracts.__all__ if getattr(getattr(contracts, name), "_is_protocol", False)}
+    assert declared == {protocol.__name__ for protocol in PROTOCOLS}
+    parsed = {(protocol, member) for protocol, member, _ in _protocol_members()}
+    assert parsed == {(p.__name__, member) for p in PROTOCOLS for member in _own_members(p)}
+
+
+@pytest.mark.parametrize("protocol, member, doc", _protocol_members(), ids=lambda v: v if isinstance(v, str) and " " not in v else "")
+def test_every_protocol_member_is_documented(protocol, member, doc):
+    assert doc and doc.strip(), f"pwlint.contracts.{protocol}.{member} has no docstring"
+    assert (inspect.getdoc(getattr(contracts, protocol)) or "").strip(), f"{protocol} has no docstring"
+
+
+# the built-ins satisfy their contracts ---------------------------------------------------
+
+
+def assert_fits(obj, protocol) -> None:
+    """``obj`` has every member of ``protocol``, and each method takes the protocol's
+    parameters, by name and in order; any extra parameter has a default."""
+    assert isinstance(obj, protocol), f"{obj!r} is not a {protocol.__name__}"
+    for name in sorted(_members_with_bases(protocol)):
+        wanted = getattr(protocol, name, None)
+        if not callable(wanted):
+            continue
+        expected = list(inspect.signature(wanted).parameters.values())[1:]  # without self
+        actual = list(inspect.signature(getattr(obj, name)).parameters.values())
+        where = f"{type(obj).__name__}.{name}{inspect.signature(getattr(obj, name))}"
+        assert [p.name for p in actual[: len(expected)]] == [p.name for p in expected], where
+        assert all(p.default is not p.empty for p in actual[len(expected):]), where
+        for want, have in zip(expected, actual):
+            assert have.kind in (have.POSITIONAL_ONLY, have.POSITIONAL_OR_KEYWORD), where
+            if want.default is not want.empty:  # the core may leave it out
+                assert have.default is not have.empty, where
+
+
+def _members_with_bases(protocol) -> set[str]:
+    return set().union(*(_own_members(base) for base in protocol.__mro__ if base in PROTOCOLS))
+
+
+def _registry():
+    from pwlint.plugins import collect, make_plugin_manager
+
+    return collect(make_plugin_manager(autoload=False))
+
+
+def test_builtin_loaders_satisfy_the_loader_protocol():
+    loaders = _registry().loaders
+    assert sorted(loaders) == ["keras", "onnx", "torch"]
+    for loader in loaders.values():
+        # every built-in format is recognised by its content, not only its name
+        assert_fits(loader, contracts.SniffingLoader)
+        if isinstance(loader, contracts.DiscoveringLoader):
+            assert_fits(loader, contracts.DiscoveringLoader)
+            assert set(loader.discovered) <= set(loader.suffixes), loader.name
+    assert isinstance(loaders["torch"], contracts.DiscoveringLoader)
+
+
+def test_builtin_reporters_satisfy_the_reporter_protocol():
+    reporters = _registry().reporters
+    assert sorted(reporters) == ["concise", "github", "json", "junit", "sarif", "text"]
+    for reporter in reporters.values():
+        assert_fits(reporter, contracts.Reporter)
+
+
+def test_builtin_backends_satisfy_the_backend_protocol():
+    registry = _registry()
+    assert sorted(registry.backends) == sorted(registry.loaders)  # every built-in format can be fixed
+    for backend in registry.backends.values():
+        assert_fits(backend, contracts.DescribedBackend)
+
+
+def _keras_model(folder: Path) -> Path:
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="fc")])
+    model.save(folder / "m.keras")
+    return folder / "m.keras"
+
+
+def _pt2_model(folder: Path) -> Path:
+    import torch
+
+    program = torch.export.export(torch.nn.Sequential(torch.nn.Linear(4, 2)), (torch.randn(1, 4),))
+    torch.export.save(program, str(folder / "m.pt2"))
+    return folder / "m.pt2"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "keras", "torch"])
+def test_builtin_fix_sessions_satisfy_the_session_protocol(fmt, tmp_path, cnn_file):
+    make = {"onnx": lambda: cnn_file(), "keras": lambda: _keras_model(tmp_path), "torch": lambda: _pt2_model(tmp_path)}
+    path = make[fmt]()
+    session = _registry().backends[fmt].open(str(path))
+    try:
+        assert_fits(session, contracts.FixSession)
+        assert Path(session.path) == path and Path(session.last_good) == path  # nothing accepted yet
+        assert session.file_size(session.path) == path.stat().st_size
+    finally:
+        session.close()
+
+
+def test_the_protocols_tell_a_missing_member():
+    """The isinstance checks above can fail: a reporter without ``report`` is no Reporter."""
+
+    class NameOnly:
+        name = "half"
+
+    assert not isinstance(NameOnly(), contracts.Reporter)
+    with pytest.raises(AssertionError, match="stream"):
+        assert_fits(type("Reporter", (), {"name": "x", "report": lambda self, result: None})(), contracts.Reporter)
+
+
+# the README's plugin examples run ---------------------------------------------------------
+
+
+def _readme_example(marker: str) -> str:
+    blocks = [block for block in re.findall(r"```python\n(.*?)```", _plugins_section(), re.S) if marker in block]
+    assert len(blocks) == 1, f"README's '## Plugins' should have one python example with {marker!r}"
+    return blocks[0]
+
+
+README_RULE_DOC = '''"""XY001 grouped-pointwise: a grouped 1x1 convolution.
+
+## What it does
+Reports grouped pointwise convolutions.
+
+## Why is this bad
+An example rule.
+
+## Example
+Conv 1x1, group 2
+
+## Use instead
+Conv 1x1, group 1
+"""
+'''
+
+
+def test_readme_rule_example_reports_a_grouped_pointwise_conv(tmp_path, onnx_text):
+    site = tmp_path / "site"
+    site.mkdir()
+    # the README leaves the docstring out ("the docstring needs the four sections")
+    install_plugin(site, "readme_rule", README_RULE_DOC + _readme_example("pwlint_register_rules"))
+    model = onnx_text(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 2, 1, 1] w = {{{", ".join(["0.5"] * 8)}}}>
+        {{ y = Conv <group: int = 2, kernel_shape: ints = [1, 1]> (x, w) }}
+    """)
+    run = run_with_plugins(site, str(model), "--select", "XY001", "--format", "json")
+    assert run.code == 1, run.err
+    # an unnamed ONNX node is named <OpType>_<position>
+    assert [(f["code"], f["message"], f["nodes"]) for f in json.loads(run.out)["findings"]] == [
+        ("XY001", "grouped pointwise conv Conv_0", ["Conv_0"]),
+    ]
+
+
+def tiny_model(path: Path, *, mystery: bool = False) -> Path:
+    """The README loader's format: input 3x8x8 -> conv 3x3 (4 channels, no bias) ->
+    BatchNorm -> flatten -> dense 10, a Flatten + Dense head (PW001) and nothing else to
+    report; ``mystery`` puts an unknown operator after the norm."""
+    c, side, k = 4, 8, 10
+    layers = [
+        {"name": "x", "kind": "input", "op": "Input", "shape": [1, 3, side, side]},
+        {"name": "conv", "kind": "conv", "op": "TinyConv", "shape": [1, c, side, side], "layout": "NCHW",
+         "params": 3 * 9 * c + c, "attrs": {"kernel": [3, 3], "in_channels": 3, "out_channels": c, "groups": 1, "bias": False}},
+        {"name": "bn", "kind": "norm", "op": "TinyBatchNorm", "shape": [1, c, side, side], "layout": "NCHW",
+         "params": 2 * c, "attrs": {"norm_type": "batch"}},
+    ]
+    if mystery:
+        layers.append({"name": "odd", "kind": "swirl", "op": "TinySwirl", "shape": [1, c, side, side]})
+    layers += [
+        {"name": "flatten", "kind": "flatten", "op": "TinyFlatten", "shape": [1, c * side * side]},
+        {"name": "fc", "kind": "dense", "op": "TinyDense", "shape": [1, k], "params": c * side * side * k + k,
+         "attrs": {"in_features": c * side * side, "out_features": k, "bias": True}},
+    ]
+    path.write_text(json.dumps({"tiny": 1, "layers": layers}))
+    return path
+
+
+@pytest.fixture
+def readme_site(tmp_path):
+    """The README's loader and reporter examples, each installed as its own plugin."""
+    folder = tmp_path / "readme_site"
+    folder.mkdir()
+    install_plugin(folder, "readme_loader", _readme_example("pwlint_register_loaders"))
+    install_plugin(folder, "readme_reporter", _readme_example("pwlint_register_reporters"))
+    return folder
+
+
+def test_readme_loader_and_reporter_examples(readme_site, tmp_path):
+    # recognised by its content: the name says nothing
+    model = tiny_model(tmp_path / "export.dat")
+    run = run_with_plugins(readme_site, str(model), "--format", "csv")
+    assert run.code == 1, run.err
+    rows = list(csv.reader(io.StringIO(run.out)))
+    assert rows[0] == ["path", "code", "severity", "nodes", "message"]
+    assert [row[:4] for row in rows[1:]] == [[str(model), "PW001", "warning", "flatten fc"]]
+
+    report = json.loads(run_with_plugins(readme_site, str(tiny_model(tmp_path / "m.tiny", mystery=True)),
+                                         "--format", "json").out)
+    (file,) = report["files"]
+    assert (file["format"], file["error"]) == ("tiny", None)
+    assert file["coverage"]["unknown_ops"] == {"TinySwirl": 1}
+
+    broken = tmp_path / "broken.tiny"
+    broken.write_text('{"tiny": 1}')
+    line = one_line_error(run_with_plugins(readme_site, str(broken)))
+    assert line == f"pwlint: error: {broken}: not a tiny model ('layers')"
+
+
+def test_readme_backend_example_lists_what_a_backend_must_provide():
+    namespace: dict = {}
+    exec(_readme_example("class TinyBackend"), namespace)  # noqa: S102 - our own README
+    backend, session = namespace["TinyBackend"](), namespace["TinySession"]("m.tiny")
+    assert_fits(backend, contracts.DescribedBackend)
+    assert_fits(session, contracts.FixSession)
+    # nothing more than the contracts: the README shows exactly what is required
+    public = lambda obj: {name for name in dir(obj) if not name.startswith("_")}  # noqa: E731
+    assert public(backend) == _members_with_bases(contracts.DescribedBackend)
+    assert public(session) == _members_with_bases(contracts.FixSession)
