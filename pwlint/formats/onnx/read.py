@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import chain
 from math import prod
+from typing import Iterator
 
 from pwlint.errors import LoadError
 from pwlint.limits import require_model_file
@@ -172,44 +173,77 @@ def read_onnx(path: str) -> OnnxModel:
 
 
 def describe_model(model) -> OnnxModel:
-    """Nodes, constants and shapes of an in-memory ModelProto, which is left unchanged."""
-    import onnx
-    from onnx import AttributeProto
+    """Nodes, constants and shapes of an in-memory ModelProto, which is left unchanged.
 
+    Every graph counts: the main graph and the If/Loop/Scan bodies inside it, found
+    without recursion. Constants first (their small values help shape inference), then
+    the shapes inference finds, then the nodes in a stable order (main graph first).
+    """
     result = OnnxModel(proto=model)
     result.opset = next(
         (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
     )
+    all_graphs = _graphs_by_depth(model.graph)
+    _record_initializers(all_graphs, result)
+    # inference adds no subgraph: a model without them need not be searched again
+    _record_inferred_shapes(_inferred(model, result.opset), result, has_subgraphs=len(all_graphs) > 1)
+    for name, tensor in result.constants.items():
+        result.shapes[name] = tensor.dims
+    _record_nodes(model, all_graphs, result)
+    return result
 
-    # Pass 1: constants of every graph (main graph and subgraphs).
-    graphs = [(model.graph, 0)]
-    all_graphs = []
-    while graphs:
-        graph, depth = graphs.pop()
-        all_graphs.append((graph, depth))
+
+def _subgraphs(graph) -> Iterator:
+    """The graphs held directly by ``graph``'s nodes' attributes (If branches, Loop and
+    Scan bodies), not those nested deeper."""
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                yield attr.g
+            elif attr.type == AttributeProto.GRAPHS:
+                yield from attr.graphs
+
+
+def _graphs_by_depth(main) -> list[tuple[object, int]]:
+    """Every graph of the model with its nesting depth (0 for ``main``), walked with a
+    stack rather than recursion: a hostile file may nest bodies thousands deep."""
+    pending, found = [(main, 0)], []
+    while pending:
+        graph, depth = pending.pop()
+        found.append((graph, depth))
+        pending.extend((sub, depth + 1) for sub in _subgraphs(graph))
+    return found
+
+
+def _record_initializers(graphs: list[tuple[object, int]], result: OnnxModel) -> None:
+    for graph, _ in graphs:
         for init in graph.initializer:
             result.constants[init.name] = Tensor(tuple(init.dims), init.data_type, _tensor_values(init))
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    graphs.append((attr.g, depth + 1))
-                elif attr.type == AttributeProto.GRAPHS:
-                    graphs.extend((g, depth + 1) for g in attr.graphs)
+
+
+def _inferred(model, opset: int | None):
+    """``model`` with the shapes ONNX shape inference finds, on a copy without weight
+    payloads; ``model`` itself when inference fails (unknown shapes make rules abstain)."""
+    import onnx
 
     def infer(light):
-        if (result.opset or 1) < MIN_INFERRED_OPSET:  # no opset import (IR 2): opset 1
+        if (opset or 1) < MIN_INFERRED_OPSET:  # no opset import (IR 2): opset 1
             light = _upgraded(light)
         return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
 
     try:
         # onnxruntime's quantized contrib operators are given their shapes between rounds
-        inferred = infer_with_contrib(_shapes_only_copy(model), infer)
-    except Exception:  # inference is best effort: unknown shapes make rules abstain
-        inferred = model
+        return infer_with_contrib(_shapes_only_copy(model), infer)
+    except Exception:  # inference is best effort
+        return model
 
-    # Pass 2: shapes from every graph of the inferred model.
+
+def _record_inferred_shapes(inferred, result: OnnxModel, has_subgraphs: bool) -> None:
+    """The shapes of every graph's inputs, outputs and value_info; a known shape is never
+    replaced by an unknown one of the same name."""
     pending = [inferred.graph]
-    has_subgraphs = len(all_graphs) > 1  # inference adds none: no need to look again
     shapes = result.shapes
     while pending:
         graph = pending.pop()
@@ -218,23 +252,18 @@ def describe_model(model) -> OnnxModel:
             name = value.name
             if shape is not None or name not in shapes:
                 shapes[name] = shape
-        if not has_subgraphs:
-            continue
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    pending.append(attr.g)
-                elif attr.type == AttributeProto.GRAPHS:
-                    pending.extend(attr.graphs)
-    for name, tensor in result.constants.items():
-        result.shapes[name] = tensor.dims
+        if has_subgraphs:
+            pending.extend(_subgraphs(graph))
 
-    # Pass 3: nodes of every graph, in a stable order (main graph first).
+
+def _record_nodes(model, graphs: list[tuple[object, int]], result: OnnxModel) -> None:
+    """The model's inputs and outputs, and the nodes of every graph, main graph first
+    (graphs of equal depth in the order found); Constant nodes become constants."""
     initializer_names = set(result.constants)
     result.inputs = [i.name for i in model.graph.input if i.name not in initializer_names]
     result.outputs = [o.name for o in model.graph.output]
     nodes = result.nodes
-    for graph, depth in sorted(all_graphs, key=lambda item: item[1]):
+    for graph, depth in sorted(graphs, key=lambda item: item[1]):
         for position, node in enumerate(graph.node):
             op, domain = node.op_type, node.domain
             if op == "Constant" and domain in ("", "ai.onnx"):
@@ -247,7 +276,6 @@ def describe_model(model) -> OnnxModel:
                     attrs=_attributes(node), proto=node, graph_depth=depth, position=position,
                 )
             )
-    return result
 
 
 def _record_constant(node, result: OnnxModel) -> None:

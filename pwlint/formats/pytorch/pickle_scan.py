@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickletools
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -49,11 +49,6 @@ class Obj:
 @dataclass(frozen=True)
 class Persistent:
     pid: Any
-
-
-@dataclass(eq=False)
-class _Mark:
-    items: list = field(default_factory=list)
 
 
 class _Unhashable:
