@@ -21,18 +21,14 @@ from pwlint import __version__
 
 COMMANDS = ("check", "diff", "rule", "rules", "plugins")
 SEVERITIES = ("info", "warning", "error")
+#: pwlint diff's report formats (pwlint.diff_report)
+DIFF_FORMATS = ("text", "markdown", "json")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         sys.stderr.write(f"pwlint: error: {message} (see 'pwlint --help')\n")
         raise SystemExit(2)
-
-
-def split_selectors(values: list[str] | None) -> list[str] | None:
-    if values is None:
-        return None
-    return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,11 +68,22 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list the loaded plugins and what they provide")
 
-    from pwlint import model_diff
-
-    model_diff.add_arguments(sub.add_parser("diff", help="compare two versions of a model: findings, parameters, MACs, file size"))
+    _add_diff_arguments(sub.add_parser("diff", help="compare two versions of a model: findings, parameters, MACs, file size"))
     parser.check_parser = check
     return parser
+
+
+def _add_diff_arguments(parser) -> None:
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="OLD NEW: two model files; with --git, paths to limit the search to")
+    parser.add_argument("--git", metavar="REV", help="compare the models changed between REV and the working tree (untracked ones included)")
+    parser.add_argument("--format", default="text", choices=DIFF_FORMATS, help="text (default), markdown (a pull-request comment) or json")
+    parser.add_argument("-o", "--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
+    parser.add_argument("--select", action="append", metavar="CODES", help="rule codes, prefixes or names to enable, as for check")
+    parser.add_argument("--ignore", action="append", metavar="CODES", help="rule codes, prefixes or names to disable, as for check")
+    parser.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
+    parser.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity of a new finding that makes the exit code 1 (default: warning)")
+    parser.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are new findings (errors still exit 2)")
+    parser.add_argument("--allow-missing-weights", action="store_true", help="compare models whose weights are not there from their shapes alone, as for check")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,20 +139,35 @@ def _run(args) -> int:
 
 
 def _check(registry, args) -> int:
-    from pwlint.config import ConfigResolver, Overrides
-    from pwlint.engine import Linter
     from pwlint.errors import PwlintError
-    from pwlint.findings import Severity
 
     reporter = registry.reporters.get(args.format)
     if reporter is None:
         raise PwlintError(f"unknown format '{args.format}' (known: {', '.join(registry.reporters)})")
-    overrides = Overrides(
-        select=split_selectors(args.select),
-        ignore=split_selectors(args.ignore) or [],
-        fail_on=Severity(args.fail_on) if args.fail_on else None,
-    )
-    fix_mode = None
+    linter = _linter(registry, args, _fix_mode(args))
+    if args.output and len(linter.files(args.paths)) != 1:
+        raise PwlintError("-o/--output takes exactly one model to fix")
+    result = _lint(linter, args)
+    for file in result.errors:
+        sys.stderr.write(f"pwlint: error: {file.error}\n")
+    if args.write_baseline:
+        return _write_baseline(result, args.write_baseline)
+    if args.baseline:
+        from pwlint import baseline
+
+        outcome = baseline.apply_baseline(result, args.baseline)
+        for line in outcome.messages():
+            sys.stderr.write(f"pwlint: {line}\n")
+    _report(reporter, result, args)
+    return result.exit_code(exit_zero=args.exit_zero)
+
+
+def _fix_mode(args):
+    """The :class:`~pwlint.fix.rounds.FixMode` that --fix/--diff ask for (None when only
+    linting), once the flags are known to make sense together; ``-o`` without --fix
+    names the report file, as ruff's does."""
+    from pwlint.errors import PwlintError
+
     if args.output and not (args.fix or args.diff):
         # ruff's -o: without --fix there is no model to write, so -o names the report
         if args.output_file:
@@ -156,34 +178,49 @@ def _check(registry, args) -> int:
     if args.fix or args.diff:
         from pwlint.fix.rounds import FixMode
 
-        fix_mode = FixMode(unsafe=args.unsafe_fixes, verify=not args.no_verify, diff=args.diff, output=args.output)
-    elif args.no_verify:
+        return FixMode(unsafe=args.unsafe_fixes, verify=not args.no_verify, diff=args.diff, output=args.output)
+    if args.no_verify:
         raise PwlintError("--no-verify only makes sense with --fix")
-    linter = Linter(registry, ConfigResolver(overrides, args.config), fix_mode, allow_missing_weights=args.allow_missing_weights)
-    if args.output and len(linter.files(args.paths)) != 1:
-        raise PwlintError("-o/--output takes exactly one model to fix")
+    return None
+
+
+def _linter(registry, args, fix_mode):
+    from pwlint.config import ConfigResolver, Overrides
+    from pwlint.engine import Linter
+
+    overrides = Overrides.from_flags(args.select, args.ignore, args.fail_on)
+    return Linter(registry, ConfigResolver(overrides, args.config), fix_mode, allow_missing_weights=args.allow_missing_weights)
+
+
+def _lint(linter, args):
+    """Lint the paths, with a progress line on a terminal; a run that found no model
+    file at all is an error, not a clean pass."""
+    from pwlint.errors import PwlintError
+
     progress = None if args.quiet else _progress_on_terminal()
     result = linter.lint_paths(args.paths, progress=progress)
     if progress is not None and progress.shown:
         sys.stderr.write("\r\x1b[K")  # the report starts on a clean line
     if not result.files:
-        raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {', '.join(registry.suffixes)})")
-    for file in result.errors:
-        sys.stderr.write(f"pwlint: error: {file.error}\n")
-    if args.write_baseline:
-        from pwlint import baseline
+        suffixes = ", ".join(linter.registry.suffixes)
+        raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {suffixes})")
+    return result
 
-        if result.errors:  # a baseline without an unreadable model's entries would unhide them later
-            raise PwlintError(f"{args.write_baseline} not written: {len(result.errors)} model(s) could not be read")
-        count = baseline.write_baseline(result, args.write_baseline)
-        sys.stderr.write(f"pwlint: recorded {count} finding{'s' if count != 1 else ''} in {args.write_baseline}\n")
-        return 0
-    if args.baseline:
-        from pwlint import baseline
 
-        outcome = baseline.apply_baseline(result, args.baseline)
-        for line in outcome.messages():
-            sys.stderr.write(f"pwlint: {line}\n")
+def _write_baseline(result, path: str) -> int:
+    from pwlint import baseline
+    from pwlint.errors import PwlintError
+
+    if result.errors:  # a baseline without an unreadable model's entries would unhide them later
+        raise PwlintError(f"{path} not written: {len(result.errors)} model(s) could not be read")
+    count = baseline.write_baseline(result, path)
+    sys.stderr.write(f"pwlint: recorded {count} finding{'s' if count != 1 else ''} in {path}\n")
+    return 0
+
+
+def _report(reporter, result, args) -> None:
+    """The report, to the output file or stdout, then --statistics (on stderr when stdout
+    carries a machine-readable report)."""
     if args.output_file:
         from pwlint.report_file import write_report_file
 
@@ -193,7 +230,6 @@ def _check(registry, args) -> int:
     if args.statistics:
         _statistics(result, sys.stderr if args.output_file is None and args.format != "text" else sys.stdout)
     sys.stdout.flush()
-    return result.exit_code(exit_zero=args.exit_zero)
 
 
 #: a file at least this large gets a progress line even when it is the only one

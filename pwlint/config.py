@@ -123,6 +123,14 @@ def _has_pwlint_table(path: Path) -> bool:
     return isinstance(tool, dict) and "pwlint" in tool
 
 
+def split_selectors(values: list[str] | None) -> list[str] | None:
+    """Repeated, comma-separated selector flags as one list (``--select PW001,PW002
+    --select PW004``); None when the flag was not given at all."""
+    if values is None:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
 @dataclass
 class Overrides:
     """Command-line flags, which win over configuration files."""
@@ -130,6 +138,17 @@ class Overrides:
     select: list[str] | None = None
     ignore: list[str] = field(default_factory=list)
     fail_on: Severity | None = None
+
+    @classmethod
+    def from_flags(cls, select: list[str] | None, ignore: list[str] | None, fail_on: str | None) -> Overrides:
+        """The overrides of ``--select``, ``--ignore`` and ``--fail-on`` as argparse gives
+        them (each selector flag a list of comma-separated values, or None), for every
+        command that lints (check, diff)."""
+        return cls(
+            select=split_selectors(select),
+            ignore=split_selectors(ignore) or [],
+            fail_on=Severity(fail_on) if fail_on else None,
+        )
 
 
 class ConfigResolver:

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from pwlint.config import ConfigResolver, Settings, describe_validation_error
-from pwlint.coverage import measure
+from pwlint.coverage import Coverage, measure
 from pwlint.errors import ConfigError, PwlintError
 from pwlint.findings import Finding, Severity
 from pwlint.limits import require_plausible_sizes
 from pwlint.plugins import Registry
 from pwlint.rule import Rule, RuleOptions
 from pwlint.signature import finding_signature
+
+if TYPE_CHECKING:
+    from pwlint.ir import ModelGraph
 
 SKIPPED_DIRS = {"node_modules", "__pycache__", "site-packages"}
 
@@ -42,6 +45,17 @@ class FileResult:
         if self.fix is not None:
             data["fix"] = self.fix.to_json()
         return data
+
+
+@dataclass
+class LoadedModel:
+    """A model as :meth:`Linter.load` gives it: read by its loader and checked (sizes,
+    coverage, missing weights)."""
+
+    path: str
+    format: str | None
+    graph: ModelGraph
+    coverage: Coverage
 
 
 @dataclass
@@ -193,16 +207,10 @@ class Linter:
         settings = self.resolver.for_path(path)
         self.ruleset(settings)  # a bad configuration is an error even for a file that is missing
         file_result = FileResult(path=path, fail_on=settings.fail_on)
-        if not os.path.exists(path):
-            file_result.error = f"{path}: no such file or directory"
-            return file_result
-        loader = self.registry.loader_for(path)
-        if loader is None:
-            known = ", ".join(self.registry.suffixes)
-            file_result.error = f"{path}: unsupported file type (pwlint reads {known})"
-            return file_result
-        file_result.format = loader.name
         try:
+            # load()'s two steps, so that a file read but refused still shows its format
+            loader = self.loader_for(path)
+            file_result.format = loader.name
             graph, file_result.coverage = self.read(loader, path)
         except PwlintError as exc:
             file_result.error = str(exc)
@@ -214,6 +222,25 @@ class Linter:
         except PwlintError as exc:
             file_result.error = str(exc)
         return file_result
+
+    def load(self, path: str) -> LoadedModel:
+        """The model at ``path``, read and checked the one way every command reads a model
+        (check, diff, the pytest plugin, through :meth:`lint_file` or here): its loader
+        chosen by content, then :meth:`read`. Every failure is a :class:`PwlintError`."""
+        loader = self.loader_for(path)
+        graph, coverage = self.read(loader, path)
+        return LoadedModel(path, loader.name, graph, coverage)
+
+    def loader_for(self, path: str):
+        """The loader that reads ``path`` (chosen by content; see
+        :meth:`pwlint.plugins.Registry.loader_for`); a missing file, or one no loader
+        reads, is a :class:`PwlintError`."""
+        if not os.path.exists(path):
+            raise PwlintError(f"{path}: no such file or directory")
+        loader = self.registry.loader_for(path)
+        if loader is None:
+            raise PwlintError(f"{path}: unsupported file type (pwlint reads {', '.join(self.registry.suffixes)})")
+        return loader
 
     def read(self, loader, path: str):
         """``(graph, coverage)`` of the model at ``path``, read by ``loader`` (a plugin's too)
@@ -255,6 +282,13 @@ class Linter:
             raise PwlintError(f"{path}: {coverage.unchecked[0]}, so pwlint cannot check this model")
         return coverage
 
+    def recheck(self, graph, path: str, settings: Settings) -> list[Finding]:
+        """The findings of a model rewritten by ``--fix`` (the fix loop lints each round's
+        result through this): the sizes are checked as :meth:`read` checks a file's, so
+        that no graph reaches the rules unchecked, whichever backend built it."""
+        require_plausible_sizes(graph, path)
+        return self.check_graph(graph, path, settings)
+
     def check_graph(self, graph, path: str, settings: Settings, checked: set[str] | None = None) -> list[Finding]:
         """Run the rules selected for ``path`` on ``graph``; their codes are added to ``checked``."""
         ruleset = self.ruleset(settings)
@@ -290,10 +324,7 @@ class Linter:
             raise PwlintError(f"{file_result.path}: no fix backend for the {fmt} format")
         path = file_result.path
         try:
-            report = fix_file(
-                path, backend, lambda graph: self.check_graph(graph, path, settings), self.fix_mode,
-                file_result.findings,
-            )
+            report = fix_file(path, backend, lambda graph: self.recheck(graph, path, settings), self.fix_mode, file_result.findings)
         except PwlintError:
             raise
         except (OSError, MemoryError) as exc:

@@ -7,31 +7,26 @@ a multiset, never by layer names: exporters renumber nodes, so names would make 
 finding look new. Both versions are linted with the configuration that applies to NEW, so
 that a configuration change does not show up as findings resolved in the model.
 
-The CLI parser imports this module, so everything heavy is imported inside functions.
+The command's flags are declared with the other commands' in :mod:`pwlint.cli`, which
+imports this module only to run ``pwlint diff``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 
+from pwlint import diff_report
+from pwlint.config import ConfigResolver, Overrides
+from pwlint.engine import Linter
+from pwlint.errors import PwlintError
 from pwlint.findings import Finding, Severity
-
-FORMATS = ("text", "markdown", "json")
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="OLD NEW: two model files; with --git, paths to limit the search to")
-    parser.add_argument("--git", metavar="REV", help="compare the models changed between REV and the working tree (untracked ones included)")
-    parser.add_argument("--format", default="text", choices=FORMATS, help="text (default), markdown (a pull-request comment) or json")
-    parser.add_argument("-o", "--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
-    parser.add_argument("--select", action="append", metavar="CODES", help="rule codes, prefixes or names to enable, as for check")
-    parser.add_argument("--ignore", action="append", metavar="CODES", help="rule codes, prefixes or names to disable, as for check")
-    parser.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
-    parser.add_argument("--fail-on", choices=[s.value for s in Severity], help="lowest severity of a new finding that makes the exit code 1 (default: warning)")
-    parser.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are new findings (errors still exit 2)")
-    parser.add_argument("--allow-missing-weights", action="store_true", help="compare models whose weights are not there from their shapes alone, as for check")
+from pwlint.git_models import GitModels
+from pwlint.report_file import write_report_file
+from pwlint.stats import model_stats
 
 
 @dataclass
@@ -79,8 +74,6 @@ class ModelDiff:
 def match_findings(old: list[Finding], new: list[Finding]) -> tuple[list[Finding], list[Finding], int]:
     """(new only, resolved, unchanged count): a multiset difference on (code, signature), so
     that two identical layers flagged before and one after is one finding resolved."""
-    from collections import Counter
-
     available = Counter((f.code, f.signature) for f in old)
     fresh = []
     for finding in new:
@@ -102,14 +95,7 @@ class Comparer:
     """Loads and lints both versions of a model with NEW's configuration."""
 
     def __init__(self, registry, args) -> None:
-        from pwlint.cli import split_selectors
-        from pwlint.config import ConfigResolver, Overrides
-        from pwlint.engine import Linter
-
-        overrides = Overrides(
-            select=split_selectors(args.select), ignore=split_selectors(args.ignore) or [],
-            fail_on=Severity(args.fail_on) if args.fail_on else None,
-        )
+        overrides = Overrides.from_flags(args.select, args.ignore, args.fail_on)
         self.registry = registry
         self.linter = Linter(
             registry, ConfigResolver(overrides, args.config),
@@ -132,31 +118,21 @@ class Comparer:
         return diff
 
     def _read(self, file: str, label: str, path: str, settings) -> tuple[Figures, list[Finding]]:
-        from pwlint.errors import PwlintError
-        from pwlint.stats import model_stats
-
         if os.path.isdir(file):
             raise PwlintError(f"{label}: is a folder; pwlint diff compares two model files (or use --git REV)")
-        if not os.path.exists(file):
-            raise PwlintError(f"{label}: no such file or directory")
-        loader = self.registry.loader_for(file)
-        if loader is None:
-            raise PwlintError(f"{label}: unsupported file type (pwlint reads {', '.join(self.registry.suffixes)})")
         try:
-            # check's one load path: sizes, coverage, missing weights, internal errors
-            graph, _ = self.linter.read(loader, file)
+            # check's one load path: loader by content, sizes, coverage, missing weights, internal errors
+            model = self.linter.load(file)
         except PwlintError as exc:
             raise PwlintError(str(exc).replace(file, label)) from None
-        findings = self.linter.check_graph(graph, path, settings)
+        findings = self.linter.check_graph(model.graph, path, settings)
         for finding in findings:
             finding.path = label
-        stats = model_stats(graph)
+        stats = model_stats(model.graph)
         return Figures(stats.params, stats.macs, stats.macs_complete, os.path.getsize(file)), findings
 
 
 def run(registry, args) -> int:
-    from pwlint.errors import PwlintError
-
     comparer = Comparer(registry, args)
     errors: list[str] = []
     if args.git is not None:
@@ -168,12 +144,8 @@ def run(registry, args) -> int:
         diffs = [comparer.compare("compared", new, (old, old), (new, new))]
     for error in errors:
         sys.stderr.write(f"pwlint: error: {error}\n")
-    from pwlint import diff_report
-
     text = diff_report.render(args.format, diffs, args.git)
     if args.output_file:
-        from pwlint.report_file import write_report_file
-
         write_report_file(args.output_file, lambda stream: stream.write(text))
     else:
         sys.stdout.write(text)
@@ -183,11 +155,6 @@ def run(registry, args) -> int:
 
 
 def _git_diffs(comparer: Comparer, args, errors: list[str]) -> list[ModelDiff]:
-    import tempfile
-
-    from pwlint.errors import PwlintError
-    from pwlint.git_models import GitModels
-
     git = GitModels(args.git)
     diffs = []
     with tempfile.TemporaryDirectory(prefix="pwlint-diff-") as scratch:
