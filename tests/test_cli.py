@@ -641,3 +641,74 @@ def test_unsupported_file_lists_every_suffix_pwlint_reads(pwlint, tmp_path):
     line = one_line_error(pwlint(str(path)))
     for suffix in (".onnx", ".keras", ".h5", ".hdf5", ".pt2", ".jit", ".torchscript"):
         assert suffix in line, line
+
+
+# one load path: what --fix lints between rounds is checked like a file ------------------
+
+def _head_graph(dense_params: int):
+    """input -> conv -> flatten -> dense -> output: a Flatten + Dense head (PW001)."""
+    from pwlint.ir import Layer, ModelGraph
+
+    graph = ModelGraph("m.toy", "toy")
+    fmap, flat = (1, 4, 8, 8), (1, 256)
+    graph.add_layer(Layer("x", "input", "input", output_shapes=[(1, 3, 8, 8)]))
+    graph.add_layer(Layer("conv", "conv", "ToyConv", params=112, input_shapes=[(1, 3, 8, 8)], output_shapes=[fmap],
+                          layout="NCHW", attrs={"kernel": (3, 3), "in_channels": 3, "out_channels": 4, "groups": 1}))
+    graph.add_layer(Layer("flatten", "flatten", "ToyFlatten", input_shapes=[fmap], output_shapes=[flat]))
+    graph.add_layer(Layer("fc", "dense", "ToyDense", params=dense_params, input_shapes=[flat], output_shapes=[(1, 10)],
+                          attrs={"in_features": 256, "out_features": 10, "bias": True}))
+    graph.add_layer(Layer("y", "output", "output", input_shapes=[(1, 10)]))
+    for a, b, shape in (("x", "conv", (1, 3, 8, 8)), ("conv", "flatten", fmap), ("flatten", "fc", flat), ("fc", "y", (1, 10))):
+        graph.connect(a, b, a, shape, data=True)
+    return graph
+
+
+def test_fix_rounds_lint_only_graphs_of_plausible_size(tmp_path):
+    """The fix loop lints each model it rewrites through the engine, which refuses a graph
+    of impossible sizes as it refuses such a file: a backend whose session describes the
+    model with a 2**50-parameter layer ends in the load error, not in findings about it."""
+    from pwlint.config import ConfigResolver, Overrides
+    from pwlint.engine import Linter
+    from pwlint.errors import FixNotApplicable
+    from pwlint.fix.rounds import FixMode
+    from pwlint.plugins import Registry, get_registry
+
+    class Loader:
+        name, suffixes = "toy", (".toy",)
+
+        @staticmethod
+        def load(path):
+            return _head_graph(256 * 10 + 10)
+
+    class Session:
+        path = last_good = None
+
+        def graph(self):
+            return _head_graph(2**50)
+
+        def apply(self, fix):
+            raise FixNotApplicable("toy")
+
+        def close(self):
+            pass
+
+        def file_size(self, file):
+            return 0
+
+    class Backend:
+        name = "toy"
+
+        @staticmethod
+        def open(path):
+            Session.path = Session.last_good = path
+            return Session()
+
+    model = tmp_path / "m.toy"
+    model.write_text("toy")
+    registry = Registry(rules=get_registry().rules, loaders={"toy": Loader()}, backends={"toy": Backend()})
+    fix_mode = FixMode(unsafe=True, verify=False, diff=True, output=None)
+    linter = Linter(registry, ConfigResolver(Overrides()), fix_mode)
+    result = linter.lint_file(str(model))
+    assert result.error == f"{model}: layer 'fc' has a negative number of parameters or over 2**44: not a real model"
+    # linted alone, the file's own graph is fine and has its finding
+    assert "PW001" in {f.code for f in Linter(registry, ConfigResolver(Overrides())).lint_file(str(model)).findings}

@@ -359,3 +359,31 @@ def test_json_report_with_config(model, project):
     run = run_inprocess(str(model), "--format", "json")
     assert run.code == 1
     assert [f["code"] for f in json.loads(run.out)["findings"]] == ["PW001"]
+
+
+@pytest.mark.parametrize("flags", [
+    [],
+    ["--select", "PW001"],
+    ["--select", "PW001,PW004", "--ignore", "PW004"],
+    ["--select", "PW004", "--select", " pw001 ,"],
+    ["--ignore", "PW001"],
+])
+def test_check_and_diff_read_the_flags_alike(model, project, cnn_file, flags):
+    """One overrides set-up for every command that lints: ``pwlint diff CLEAN MODEL``
+    reports as new exactly the findings ``pwlint check MODEL`` gives, for the same
+    configuration and the same --select/--ignore flags (repeated, comma-separated)."""
+    pwlint_toml(project, 'ignore = ["PW004"]\n')
+    clean = cnn_file("elsewhere/clean.onnx", head="gap", conv_bias=False)
+    assert codes(lint(clean)) == []
+    run = run_inprocess("diff", str(clean), str(model), "--format", "json", *flags)
+    assert run.code in (0, 1), run.err
+    (compared,) = json.loads(run.out)["models"]
+    assert sorted(f["code"] for f in compared["new_findings"]) == codes(lint(model, *flags))
+
+
+@pytest.mark.parametrize("command", ["check", "diff"])
+def test_fail_on_flag_is_the_same_for_check_and_diff(model, project, cnn_file, command):
+    clean = cnn_file("elsewhere/clean.onnx", head="gap", conv_bias=False)
+    models = [str(model)] if command == "check" else [str(clean), str(model)]
+    assert run_inprocess(command, *models).code == 1  # PW001 and PW004 are warnings
+    assert run_inprocess(command, *models, "--fail-on", "error").code == 0

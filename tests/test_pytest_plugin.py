@@ -155,6 +155,40 @@ def test_an_unreadable_model_fails_with_one_line(project):
     assert len(report) == 1 and report[0].startswith("pwlint: error: models/broken.onnx: "), report
 
 
+def test_a_model_check_refuses_fails_with_check_s_line(project, monkeypatch):
+    """The plugin reads models through check's one load path: a .keras declaring
+    units=2**62 (refused on the loaded graph's sizes) and an ONNX model whose external
+    weights are absent fail with the very line `pwlint check` prints."""
+    import json
+    import zipfile
+
+    from onnx import numpy_helper
+
+    from tests.conftest import run_inprocess
+
+    pytester = project({}, tests=False)
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "x", "batch_shape": [None, 8]}},
+        {"class_name": "Dense", "config": {"name": "d", "units": 2**62}}]}}
+    (pytester.path / "models").mkdir()
+    with zipfile.ZipFile(pytester.path / "models" / "huge.keras", "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+    model = cnn_model(**CLEAN)
+    for tensor in model.graph.initializer:  # raw bytes, so that they can go to external data
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    onnx.save(model, pytester.path / "models" / "bare.onnx", save_as_external_data=True,
+              location="bare.onnx.data", size_threshold=0)
+    (pytester.path / "models" / "bare.onnx.data").unlink()
+
+    result = pytester.runpytest("--pwlint")
+    result.assert_outcomes(failed=2)
+    monkeypatch.chdir(pytester.path)
+    for model_path in ("models/huge.keras", "models/bare.onnx"):
+        check = run_inprocess("check", model_path)
+        assert check.code == 2
+        assert _failure_section(result.stdout.str(), model_path) == check.err.splitlines()
+
+
 def test_a_bad_configuration_fails_the_models_with_its_message(project):
     pytester = project({"models/a.onnx": CLEAN})
     pytester.makepyprojecttoml('[tool.pwlint]\nignore = ["PW999"]\n')
