@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from pwlint.fix.plans import Plan
 
 
 class Severity(str, Enum):
@@ -25,14 +28,16 @@ class Fix:
     """A format-neutral rewrite plan that a format's fix backend carries out.
 
     ``action`` names the rewrite (``convolutionalise-head``, ``pool-pointwise-head``,
-    ``fold-bias-into-norm``, ``factorise-dense``); ``plan`` holds the layer names and
-    numbers it needs. ``blocked`` says why the fix cannot apply to this graph, if it can't.
+    ``fold-bias-into-norm``, ``factorise-dense``); ``plan`` is its typed plan
+    (:mod:`pwlint.fix.plans`: the layer names and numbers it needs; a plain dict from a
+    third-party rule is converted when a built-in backend carries it out). ``blocked``
+    says why the fix cannot apply to this graph, if it can't.
     """
 
     applicability: Literal["safe", "unsafe"]
     description: str
     action: str = ""
-    plan: dict = field(default_factory=dict, compare=False)
+    plan: Plan | dict | None = field(default=None, compare=False)
     blocked: str | None = None
 
     def to_json(self) -> dict:

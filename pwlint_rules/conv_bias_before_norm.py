@@ -27,6 +27,7 @@ The bias can be folded exactly into the BatchNorm's running mean.
 from __future__ import annotations
 
 from pwlint.findings import Finding, Fix, Severity
+from pwlint.fix.plans import FoldBiasPlan
 from pwlint.ir import ModelGraph
 from pwlint.rule import NoOptions, Rule
 from pwlint.walk import sole_consumer
@@ -49,8 +50,8 @@ def check(graph: ModelGraph, options: NoOptions):
             "safe",
             f"drop the bias of '{conv.label}'"
             + (" and fold it into the BatchNorm's running mean" if norm.attrs["norm_type"] == "batch" else ""),
-            action="fold-bias-into-norm",
-            plan={"conv": conv.name, "norm": norm.name, "norm_type": norm.attrs["norm_type"]},
+            action=FoldBiasPlan.action,
+            plan=FoldBiasPlan(conv=conv.name, norm=norm.name, norm_type=norm.attrs["norm_type"]),
             blocked="the bias is shared with another layer" if conv.attrs.get("shared_weights") else None,
         )
         yield Finding(

@@ -31,9 +31,11 @@ first dense layer (the head then accepts larger inputs).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from math import prod
 
 from pwlint.findings import Finding, Fix, Severity
+from pwlint.fix.plans import QUANTIZED, HeadPlan
 from pwlint.ir import Layer, ModelGraph
 from pwlint.rule import Rule, RuleOptions, option
 from pwlint.units import human, ratio
@@ -45,9 +47,6 @@ FEATURE_KINDS = frozenset({"act", "pool", "norm", "dropout", "identity", "add", 
 #: on an [N, F, 1, 1] tensor (Softmax and LayerNorm would normalise the wrong axis)
 PER_FEATURE_NORMS = frozenset({"batch", "frozen_batch"})
 AXIS_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
-#: why a fix does not rewrite a quantized layer: its integer weights and scales would
-#: need quantizing again, which is the quantizer's job
-QUANTIZED = "the model is quantized: fix the float model, then quantize again"
 
 
 def _per_feature(layer: Layer) -> bool:
@@ -203,10 +202,11 @@ def _fixes(
         blocked = "a dense layer of the head shares its weights with another layer"
     elif any(layer.params == 0 for layer in head):
         blocked = "a dense layer of the head takes its weights as a graph input"
-    plan = {
-        "flatten": flat.name, "denses": [layer.name for layer in head],
-        "channels": chans, "positions": list(positions or ()), "layout": layout,
-    }
+    plan = HeadPlan(
+        flatten=flat.name, denses=tuple(layer.name for layer in head), channels=chans,
+        positions=tuple(positions or ()), layout=layout,
+    )
+    pooled = replace(plan, kind="pool")
     kernel = "x".join(map(str, positions)) if positions else "HxW"
     rest = f", and the {len(head) - 1} dense layer(s) after it by 1x1 convs" if len(head) > 1 else ""
     rest += stop
@@ -215,14 +215,14 @@ def _fixes(
             "safe",
             f"convolutionalise: replace '{head[0].label}' by a {kernel} conv{rest}; same parameters and "
             "outputs at this input size, and the head accepts larger inputs",
-            action="convolutionalise-head", plan=plan, blocked=blocked,
+            action=plan.action, plan=plan, blocked=blocked,
         ),
         Fix(
             "unsafe",
             f"global average pooling + pointwise (1x1) conv in place of '{head[0].label}': "
             f"{human(before)} -> {human(after)} parameters ({ratio(before, after)} fewer), weights summed "
             "over positions (exact only for spatially constant features): fine-tune the model afterwards",
-            action="pool-pointwise-head", plan=plan, blocked=blocked,
+            action=pooled.action, plan=pooled, blocked=blocked,
         ),
     ]
 

@@ -32,13 +32,10 @@ from __future__ import annotations
 from math import prod
 
 from pwlint.findings import Finding, Fix, Severity
+from pwlint.fix.plans import QUANTIZED, FactorisePlan
 from pwlint.ir import Layer, ModelGraph, spatial_size
 from pwlint.rule import Rule, RuleOptions, option
 from pwlint.units import human
-
-#: why the factorisation does not rewrite a quantized layer (its integer weights and
-#: scales would need quantizing again)
-QUANTIZED = "the model is quantized: fix the float model, then quantize again"
 
 
 class Options(RuleOptions):
@@ -98,8 +95,8 @@ def _svd_fix(dense, options: Options) -> Fix:
         "unsafe",
         f"factorise '{dense.label}' into two dense layers by truncated SVD, keeping {target}; "
         "changes outputs (the relative error is reported): fine-tune afterwards",
-        action="factorise-dense",
-        plan={"dense": dense.name, "energy": options.svd_energy, "target_params": options.svd_target_params},
+        action=FactorisePlan.action,
+        plan=FactorisePlan(dense=dense.name, energy=options.svd_energy, target_params=options.svd_target_params),
         blocked=(
             QUANTIZED if dense.attrs.get("quantized")
             else "its weights are shared with another layer" if dense.attrs.get("shared_weights")

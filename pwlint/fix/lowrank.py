@@ -12,19 +12,20 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pwlint.errors import FixNotApplicable
+from pwlint.fix.plans import FactorisePlan
 
 
-def choose_rank(singular: np.ndarray, rows: int, cols: int, plan: dict) -> int:
+def choose_rank(singular: np.ndarray, rows: int, cols: int, plan: FactorisePlan) -> int:
     """The rank a ``factorise-dense`` plan asks for: the largest whose two factors
-    (plus the kept bias) fit ``plan["target_params"]``, else the smallest whose
-    singular values hold ``plan["energy"]`` of the total energy."""
-    if plan.get("target_params"):
-        rank = (plan["target_params"] - cols) // (rows + cols)  # the bias stays
+    (plus the kept bias) fit ``plan.target_params``, else the smallest whose
+    singular values hold ``plan.energy`` of the total energy."""
+    if plan.target_params:
+        rank = (plan.target_params - cols) // (rows + cols)  # the bias stays
         if rank < 1:
-            raise FixNotApplicable(f"a target of {plan['target_params']} parameters leaves no rank")
+            raise FixNotApplicable(f"a target of {plan.target_params} parameters leaves no rank")
         return int(min(rank, len(singular)))
     energy = np.cumsum(singular**2) / np.sum(singular**2)
-    return int(np.searchsorted(energy, plan["energy"] - 1e-12) + 1)
+    return int(np.searchsorted(energy, plan.energy - 1e-12) + 1)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class LowRank:
     error: float
 
 
-def factorise(weight: np.ndarray, plan: dict) -> LowRank:
+def factorise(weight: np.ndarray, plan: FactorisePlan) -> LowRank:
     """Split an ``[in, out]`` weight matrix by truncated SVD at the plan's rank, the
     singular values shared evenly between the factors. Raises FixNotApplicable when
     two factors of that rank would be no smaller than the matrix."""

@@ -25,13 +25,14 @@ def lenet(exported, tmp_path):
 @pytest.fixture
 def wrong_kernel(monkeypatch):
     """Make the safe PW001 fix build a wrong conv kernel, as a bug would."""
-    real = onnx_fixes._first_weight
+    real = onnx_fixes.head_kernels
 
-    def perturbed(dense, plan):
-        kernel = real(dense, plan)
-        return kernel + np.random.default_rng(0).standard_normal(kernel.shape).astype(kernel.dtype) * 0.05
+    def perturbed(*args):
+        kernel, *rest = real(*args)
+        noise = np.random.default_rng(0).standard_normal(kernel.shape).astype(kernel.dtype) * 0.05
+        return [kernel + noise, *rest]
 
-    monkeypatch.setattr(onnx_fixes, "_first_weight", perturbed)
+    monkeypatch.setattr(onnx_fixes, "head_kernels", perturbed)
 
 
 def test_safe_fix_that_changes_the_outputs_is_not_written(lenet, wrong_kernel):

@@ -33,6 +33,8 @@ import numpy as np
 
 from pwlint.errors import FixNotApplicable, PwlintError
 from pwlint.findings import Fix
+from pwlint.fix.actions import accepted, carry_out
+from pwlint.fix.plans import HeadPlan, Plan
 from pwlint.ir import ModelGraph
 
 #: the file types Keras writes, by suffix
@@ -238,17 +240,15 @@ class KerasFixSession:
 
     # changing ------------------------------------------------------------------------
     def apply(self, fix: Fix) -> str:
-        from pwlint.formats.keras.fixes import ACTIONS, ModelEdit
+        from pwlint.formats.keras.fixes import KerasRewriter, ModelEdit
 
-        action = ACTIONS.get(fix.action)
-        if action is None:
-            raise FixNotApplicable(f"the Keras backend has no '{fix.action}' action")
-        keras = import_keras()
         graph = self.graph()
+        plan = accepted(fix, graph, KerasBackend)
+        keras = import_keras()
         # at most the model before and the one after are in memory (a VGG16 head is 0.5 GB)
         edit = ModelEdit(keras, load_model(keras, self.current), graph)
         with quiet():
-            note = action(edit, graph, fix.plan)
+            note = carry_out(KerasRewriter(edit), plan)
             model = edit.build()
         del edit
         forget_loaded()
@@ -379,8 +379,21 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
     raise FixNotApplicable(f"Keras cannot run the model: {_first_line(last_error)}")
 
 
+def can_apply(plan: Plan, graph: ModelGraph) -> str | None:
+    """Why the Keras backend cannot carry ``plan`` out, or None: Keras has 1-D to 3-D convs."""
+    if isinstance(plan, HeadPlan):
+        if not plan.positions:
+            return "the feature map's height and width are dynamic"
+        if len(plan.positions) not in (1, 2, 3):
+            return f"a {len(plan.positions)}-d feature map has no Keras conv"
+    return None
+
+
 class KerasBackend:
     name = "keras"
+    label = "Keras"
+    #: why a plan cannot be carried out here (a head that is not 1-3-D), or None
+    can_apply = staticmethod(can_apply)
     #: what checks a candidate and what runs the models, for reports
     checker = "keras.saving.load_model(safe_mode=True)"
     runtime = "Keras"

@@ -1,4 +1,4 @@
-"""The four fix actions, carried out on a Keras model's config and weights.
+"""The fix plans carried out on a Keras model's config and weights (see :mod:`pwlint.fix.actions`).
 
 A Keras model is rewritten the way Keras itself saves and loads it: the model is
 serialised to its config (a tree of plain dicts), the config is edited (a Dense
@@ -8,10 +8,11 @@ ones), and a new model is deserialised from it with ``safe_mode=True``. Weights
 are then copied layer by layer from the old model, by layer path, except for the
 layers the fix computed new weights for.
 
-Each action takes a :class:`ModelEdit` (the old model, the lint graph of the
-same state, the config being edited) and a fix plan, edits the config and
-records new weights, and returns a one-line note, or raises
-:class:`FixNotApplicable`. The old model is never changed: an action that fails
+:class:`KerasRewriter` works on a :class:`ModelEdit` (the old model, the lint graph
+of the same state, the config being edited): it edits the config and records new
+weights, computed by the shared arithmetic (:mod:`pwlint.fix.head`,
+:mod:`pwlint.fix.fold`, :mod:`pwlint.fix.lowrank`), or raises
+:class:`FixNotApplicable`. The old model is never changed: a rewrite that fails
 half-way leaves nothing to undo.
 
 Layers are found through the lint graph: ``graph.layer(name).source`` is the
@@ -26,8 +27,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pwlint.fix.lowrank import as_written, factorise, factorised_note
 from pwlint.errors import FixNotApplicable
+from pwlint.fix.actions import Factorised
+from pwlint.fix.fold import folded_mean
+from pwlint.fix.head import head_kernels
+from pwlint.fix.lowrank import as_written, factorise
+from pwlint.fix.plans import FactorisePlan, FoldBiasPlan, HeadPlan, flatten_order
 from pwlint.ir import ModelGraph, unique_name
 
 #: classes of the layers that may sit in a head between the flatten and the dense
@@ -339,10 +344,7 @@ def _conv_entry(edit: ModelEdit, dense: dict, kernel: tuple, layout: str, name: 
     config = dense["config"]
     if config.get("quantization_config") or config.get("lora_rank"):
         raise FixNotApplicable(f"'{config['name']}' is quantised or has LoRA weights")
-    rank = len(kernel)
-    if rank not in (1, 2, 3):
-        raise FixNotApplicable(f"a {rank}-d feature map has no Keras conv")
-    conv_class = getattr(keras.layers, f"Conv{rank}D")
+    conv_class = getattr(keras.layers, f"Conv{len(kernel)}D")
     conv = conv_class(
         filters=config["units"], kernel_size=kernel, padding="valid", name=name,
         data_format="channels_last" if layout == "NHWC" else "channels_first",
@@ -354,214 +356,189 @@ def _conv_entry(edit: ModelEdit, dense: dict, kernel: tuple, layout: str, name: 
     return entry
 
 
-def _first_kernel(edit: ModelEdit, plan: dict, flatten: dict, weight: np.ndarray) -> np.ndarray:
-    """The first dense layer's [K, N] kernel as a conv kernel [*positions, C, N], row
-    by row in the order the Flatten laid out the map."""
-    positions, channels = list(plan["positions"]), plan["channels"]
-    layout = plan["layout"]
-    units = weight.shape[1]
-    count = channels * int(np.prod(positions))
-    if weight.shape[0] != count:
-        raise FixNotApplicable("the dense layer's inputs do not match the flattened map")
-    shape = (*positions, channels) if layout == "NHWC" else (channels, *positions)
-    element = np.arange(count).reshape(shape)  # the map's elements, numbered in memory order
+def _flatten_order(flatten: dict, layout: str, spatial: int) -> tuple[int, ...]:
+    """The axes of the ``(C, *positions)`` map in the order the Flatten reads them: its
+    memory order (channels last for NHWC), and Keras' Flatten with
+    ``data_format="channels_first"`` moves the first memory axis last before flattening."""
+    memory = flatten_order(spatial, layout == "NHWC")
     if (flatten.get("config") or {}).get("data_format") == "channels_first":
-        element = np.moveaxis(element, 0, -1)  # Keras' Flatten moves channels last first
-    order = element.reshape(-1)  # row i of the dense kernel reads map element order[i]
-    if np.array_equal(order, np.arange(count)):
-        by_element = weight  # the usual case (NHWC, channels-last Flatten): no copy
-    else:
-        by_element = weight[np.argsort(order)]
-    kernel = by_element.reshape(*shape, units)
-    if layout != "NHWC":
-        kernel = np.moveaxis(kernel, 0, len(positions))  # (C, *pos, N) -> (*pos, C, N)
-    return kernel
+        memory = (*memory[1:], memory[0])
+    return memory
 
 
-def _rewrite_head(edit: ModelEdit, graph: ModelGraph, plan: dict, pool: bool) -> str:
-    keras = edit.keras
-    container, names = edit.locate([plan["flatten"], *plan["denses"]])
-    flat_name, dense_names = names[0], names[1:]
-    layout = plan["layout"]
-    positions = tuple(plan["positions"])
-    if not positions:
-        raise FixNotApplicable("the feature map's height and width are dynamic")
-    flatten = container.entry(flat_name)
-    if flatten.get("class_name") != "Flatten":
-        raise FixNotApplicable(f"'{flat_name}' is a {flatten.get('class_name')}, not a Flatten")
-    denses = [container.entry(name) for name in dense_names]
-    for name, entry in zip(dense_names, denses):
-        if entry.get("class_name") != "Dense":
-            raise FixNotApplicable(f"'{name}' is a {entry.get('class_name')}, not a Dense layer")
-        if not container.sequential:
-            container.single_input(entry)
-        if layout != "NHWC" and _activation_name(entry["config"].get("activation")) in AXIS_ACTIVATIONS:
-            raise FixNotApplicable(f"'{name}' has a {entry['config']['activation']} activation, which on a channels-first map works across the wrong axis")
-    # the layers between the flatten and the first dense, and between the dense layers
-    before = _chain(container, flat_name, dense_names[0])
-    between = [_chain(container, a, b) for a, b in zip(dense_names, dense_names[1:])]
-    _check_passthrough(container, before + [n for chain in between for n in chain], layout)
-    for name in before + dense_names[:-1] + [n for chain in between for n in chain]:
-        _single_consumer(container, name)
-    # weights
-    live = [edit.layer(container.prefix + (name,)) for name in dense_names]
-    values = [layer.get_weights() for layer in live]
-    kernel = _first_kernel(edit, plan, flatten, values[0][_weight(live[0], "kernel")])
-    spatial = len(positions)
-    if pool:
-        kernel = kernel.sum(axis=tuple(range(spatial)), keepdims=True)
-    kernels = [kernel] + [
-        v[_weight(layer, "kernel")].reshape(*[1] * spatial, *v[_weight(layer, "kernel")].shape)
-        for layer, v in zip(live[1:], values[1:])
-    ]
-    # the config: everything is read and checked, the edit starts here
-    first_kernel = (1,) * spatial if pool else positions
-    last = dense_names[-1]
-    # the final Flatten takes the last dense layer's name, so the model's output names
-    # (what losses, metrics and predict() dicts are keyed by) do not change
-    conv_names = dense_names[:-1] + [edit.fresh(f"{last}_conv")]
-    for index, (name, entry) in enumerate(zip(dense_names, denses)):
-        conv = _conv_entry(edit, entry, first_kernel if index == 0 else (1,) * spatial, layout, conv_names[index])
-        container.layers[container.index(name)] = conv
-        new = list(values[index])
-        at = _weight(live[index], "kernel")
-        new[at] = kernels[index].astype(new[at].dtype, copy=False)
-        edit.weights[container.prefix + (conv_names[index],)] = new
-    dtype = flatten["config"].get("dtype")
-    data_format = "channels_last" if layout == "NHWC" else "channels_first"
+def _keras_kernel(kernel: np.ndarray) -> np.ndarray:
+    """A ``[out, in, *kernel]`` kernel in Keras' ``[*kernel, in, out]`` order (either data format)."""
+    return kernel.transpose(*range(2, kernel.ndim), 1, 0)
 
-    def _pool_layer():
-        return getattr(keras.layers, f"GlobalAveragePooling{spatial}D")(
-            data_format=data_format, keepdims=True, name=edit.fresh(f"{dense_names[0]}_pool"),
-        )
 
-    # what the head reads: the flatten's input (or its global average)
-    head_reader = (before or dense_names)[0]
-    if container.sequential:
-        position = container.index(flat_name)
-        del container.layers[position]
-        if pool:
-            container.layers.insert(position, edit.new_entry(_pool_layer(), dtype=dtype))
-    else:
+class KerasRewriter:
+    """Carries plans out on a :class:`ModelEdit`: edits the config and records the new weights."""
+
+    def __init__(self, edit: ModelEdit) -> None:
+        self.edit = edit
+
+    # PW001 ------------------------------------------------------------------------------
+    def rewrite_head(self, plan: HeadPlan) -> None:
+        edit = self.edit
+        container, names = edit.locate([plan.flatten, *plan.denses])
+        flat_name, dense_names = names[0], names[1:]
+        flatten, denses = self._head_entries(container, flat_name, dense_names, plan.layout)
+        before = self._check_chain(container, flat_name, dense_names, plan.layout)
+        live = [edit.layer(container.prefix + (name,)) for name in dense_names]
+        values = [layer.get_weights() for layer in live]
+        weights = [v[_weight(layer, "kernel")] for layer, v in zip(live, values)]
+        order = _flatten_order(flatten, plan.layout, len(plan.positions))
+        kernels = head_kernels(weights, plan.channels, plan.positions, order, plan.pool)
+        # the config: everything is read and checked, the edit starts here
+        conv_names = self._replace_denses(container, plan, dense_names, denses, live, values, kernels)
+        self._reroute_input(container, plan, flat_name, flatten, (before or dense_names)[0], dense_names[0])
+        self._append_flatten(container, dense_names[-1], conv_names[-1], denses[-1]["config"].get("dtype"))
+        # the head's later layers see [N, 1, 1, F]: their recorded build shapes are stale
+        for name in conv_names:
+            container.entry(name).pop("build_config", None)
+
+    @staticmethod
+    def _head_entries(container: Container, flat_name: str, dense_names: list[str], layout: str):
+        """The Flatten's and the dense layers' config entries, checked to be what the plan says."""
+        flatten = container.entry(flat_name)
+        if flatten.get("class_name") != "Flatten":
+            raise FixNotApplicable(f"'{flat_name}' is a {flatten.get('class_name')}, not a Flatten")
+        denses = [container.entry(name) for name in dense_names]
+        for name, entry in zip(dense_names, denses):
+            if entry.get("class_name") != "Dense":
+                raise FixNotApplicable(f"'{name}' is a {entry.get('class_name')}, not a Dense layer")
+            if not container.sequential:
+                container.single_input(entry)
+            if layout != "NHWC" and _activation_name(entry["config"].get("activation")) in AXIS_ACTIVATIONS:
+                raise FixNotApplicable(
+                    f"'{name}' has a {entry['config']['activation']} activation, which on a channels-first "
+                    "map works across the wrong axis"
+                )
+        return flatten, denses
+
+    @staticmethod
+    def _check_chain(container: Container, flat_name: str, dense_names: list[str], layout: str) -> list[str]:
+        """The layers between the flatten and the first dense (returned), and between the
+        dense layers: per-feature, and read by nothing else."""
+        before = _chain(container, flat_name, dense_names[0])
+        between = [n for a, b in zip(dense_names, dense_names[1:]) for n in _chain(container, a, b)]
+        _check_passthrough(container, before + between, layout)
+        for name in before + dense_names[:-1] + between:
+            _single_consumer(container, name)
+        return before
+
+    def _replace_denses(self, container: Container, plan: HeadPlan, dense_names, denses, live, values,
+                        kernels) -> list[str]:
+        """Each Dense entry replaced by a conv entry with its new kernel; the conv names.
+        The last conv is ``<name>_conv``: the final Flatten takes the last dense layer's
+        name, so the model's output names (what losses, metrics and predict() dicts are
+        keyed by) do not change."""
+        edit, spatial = self.edit, len(plan.positions)
+        first_kernel = (1,) * spatial if plan.pool else plan.positions
+        conv_names = dense_names[:-1] + [edit.fresh(f"{dense_names[-1]}_conv")]
+        for index, (name, entry) in enumerate(zip(dense_names, denses)):
+            size = first_kernel if index == 0 else (1,) * spatial
+            container.layers[container.index(name)] = _conv_entry(edit, entry, size, plan.layout, conv_names[index])
+            new = list(values[index])
+            at = _weight(live[index], "kernel")
+            new[at] = _keras_kernel(kernels[index]).astype(new[at].dtype, copy=False)
+            edit.weights[container.prefix + (conv_names[index],)] = new
+        return conv_names
+
+    def _reroute_input(self, container: Container, plan: HeadPlan, flat_name: str, flatten: dict, head_reader: str,
+                       first_dense: str) -> None:
+        """The head reads the flatten's input (or, with ``plan.pool``, its global average);
+        the Flatten goes once nothing else reads it."""
+        keras, edit = self.edit.keras, self.edit
+        dtype = flatten["config"].get("dtype")
+        pool_layer = None
+        if plan.pool:
+            pool_layer = getattr(keras.layers, f"GlobalAveragePooling{len(plan.positions)}D")(
+                data_format="channels_last" if plan.layout == "NHWC" else "channels_first", keepdims=True,
+                name=edit.fresh(f"{first_dense}_pool"),
+            )
+        if container.sequential:
+            position = container.index(flat_name)
+            del container.layers[position]
+            if pool_layer is not None:
+                container.layers.insert(position, edit.new_entry(pool_layer, dtype=dtype))
+            return
         source = container.single_input(flatten)
-        if pool:
-            pool_layer = _pool_layer()
+        if pool_layer is not None:
             container.layers.insert(container.index(flat_name) + 1, edit.new_entry(pool_layer, flatten, dtype))
             source = [pool_layer.name, 0, 0]
         container.rewire([flat_name, 0, 0], source, entries=[container.entry(head_reader)], outputs=False)
         if not container.consumers(flat_name) and not container.is_output(flat_name):
             del container.layers[container.index(flat_name)]
-    # a final Flatten, so that the head's output is [N, units] again; it reads the last
-    # conv and, under the last dense layer's name, is read by what read that layer
-    flat_out = keras.layers.Flatten(name=last)
-    out_dtype = denses[-1]["config"].get("dtype")
-    if container.sequential:
-        container.layers.insert(container.index(conv_names[-1]) + 1, edit.new_entry(flat_out, dtype=out_dtype))
-    else:
-        entry = edit.new_entry(flat_out, dtype=out_dtype)
-        entry["name"] = last
-        entry["inbound_nodes"] = [{"args": [_tensor(conv_names[-1])], "kwargs": {}}]
-        container.layers.insert(container.index(conv_names[-1]) + 1, entry)
-    # the head's later layers see [N, 1, 1, F]: their recorded build shapes are stale
-    for name in conv_names:
-        container.entry(name).pop("build_config", None)
-    later = f", and {len(dense_names) - 1} later dense layer(s) by 1x1 convs" if len(dense_names) > 1 else ""
-    if pool:
-        return f"'{plan['denses'][0]}' replaced by global average pooling + a 1x1 conv{later}"
-    return f"'{plan['denses'][0]}' replaced by a {'x'.join(map(str, positions))} conv{later}"
 
+    def _append_flatten(self, container: Container, last: str, last_conv: str, dtype) -> None:
+        """A final Flatten, so that the head's output is [N, units] again; it reads the last
+        conv and, under the last dense layer's name, is read by what read that layer."""
+        entry = self.edit.new_entry(self.edit.keras.layers.Flatten(name=last), dtype=dtype)
+        if not container.sequential:
+            entry["name"] = last
+            entry["inbound_nodes"] = [{"args": [_tensor(last_conv)], "kwargs": {}}]
+        container.layers.insert(container.index(last_conv) + 1, entry)
 
-def convolutionalise_head(edit: ModelEdit, graph: ModelGraph, plan: dict) -> str:
-    return _rewrite_head(edit, graph, plan, pool=False)
+    # PW004 ------------------------------------------------------------------------------
+    def fold_bias(self, plan: FoldBiasPlan) -> None:
+        edit = self.edit
+        container, (conv_name, norm_name) = edit.locate([plan.conv, plan.norm])
+        conv_entry = container.entry(conv_name)
+        if not conv_entry["config"].get("use_bias", False):
+            raise FixNotApplicable(f"'{plan.conv}' has no bias")
+        if not container.sequential and len(conv_entry.get("inbound_nodes", [])) != 1:
+            raise FixNotApplicable(f"'{plan.conv}' is called more than once")
+        conv = edit.layer(container.prefix + (conv_name,))
+        conv_weights = conv.get_weights()
+        bias_at = _weight(conv, "bias")
+        if plan.folds_mean:
+            norm = edit.layer(container.prefix + (norm_name,))
+            norm_weights = norm.get_weights()
+            mean_at = _weight(norm, "moving_mean")
+            norm_weights[mean_at] = folded_mean(norm_weights[mean_at], conv_weights[bias_at], plan.conv, plan.norm)
+            edit.weights[container.prefix + (norm_name,)] = norm_weights
+        conv_entry["config"]["use_bias"] = False
+        conv_entry.pop("build_config", None)  # rebuilt without a bias
+        edit.weights[container.prefix + (conv_name,)] = [w for i, w in enumerate(conv_weights) if i != bias_at]
 
-
-def pool_pointwise_head(edit: ModelEdit, graph: ModelGraph, plan: dict) -> str:
-    return _rewrite_head(edit, graph, plan, pool=True)
-
-
-# fold-bias-into-norm --------------------------------------------------------------------
-
-def fold_bias_into_norm(edit: ModelEdit, graph: ModelGraph, plan: dict) -> str:
-    container, (conv_name, norm_name) = edit.locate([plan["conv"], plan["norm"]])
-    conv_entry = container.entry(conv_name)
-    if not conv_entry["config"].get("use_bias", False):
-        raise FixNotApplicable(f"'{plan['conv']}' has no bias")
-    if not container.sequential and len(conv_entry.get("inbound_nodes", [])) != 1:
-        raise FixNotApplicable(f"'{plan['conv']}' is called more than once")
-    conv = edit.layer(container.prefix + (conv_name,))
-    norm = edit.layer(container.prefix + (norm_name,))
-    conv_weights = conv.get_weights()
-    bias_at = _weight(conv, "bias")
-    bias = conv_weights[bias_at]
-    new_conv = [w for i, w in enumerate(conv_weights) if i != bias_at]
-    if plan["norm_type"] == "batch":
-        norm_weights = norm.get_weights()
-        mean_at = _weight(norm, "moving_mean")
-        mean = norm_weights[mean_at]
-        if mean.shape != bias.shape:
-            raise FixNotApplicable(
-                f"the bias of '{plan['conv']}' ({bias.shape}) does not match the running mean of "
-                f"'{plan['norm']}' ({mean.shape})"
-            )
-        norm_weights[mean_at] = (mean.astype(np.float64) - bias.astype(np.float64)).astype(mean.dtype)
-        edit.weights[container.prefix + (norm_name,)] = norm_weights
-    conv_entry["config"]["use_bias"] = False
-    conv_entry.pop("build_config", None)  # rebuilt without a bias
-    edit.weights[container.prefix + (conv_name,)] = new_conv
-    if plan["norm_type"] == "batch":
-        return f"bias of '{plan['conv']}' folded into '{plan['norm']}'"
-    return f"bias of '{plan['conv']}' dropped ('{plan['norm']}' subtracts it)"
-
-
-# factorise-dense ------------------------------------------------------------------------
-
-def factorise_dense(edit: ModelEdit, graph: ModelGraph, plan: dict) -> str:
-    keras = edit.keras
-    container, (name,) = edit.locate([plan["dense"]])
-    entry = container.entry(name)
-    if entry.get("class_name") != "Dense":
-        raise FixNotApplicable(f"'{plan['dense']}' is a {entry.get('class_name')}, not a Dense layer")
-    config = entry["config"]
-    if config.get("quantization_config") or config.get("lora_rank"):
-        raise FixNotApplicable(f"'{plan['dense']}' is quantised or has LoRA weights")
-    if not container.sequential:
-        container.single_input(entry)
-    layer = edit.layer(container.prefix + (name,))
-    values = layer.get_weights()
-    kernel_at = _weight(layer, "kernel")
-    weight = values[kernel_at]
-    rows, cols = weight.shape
-    low = factorise(weight, plan)
-    first_name, second_name = edit.fresh(f"{name}_u"), edit.fresh(f"{name}_v")
-    first = keras.layers.Dense(low.rank, use_bias=False, name=first_name)
-    second = keras.layers.Dense(cols, name=second_name)
-    first_entry, second_entry = edit.new_entry(first, entry), edit.new_entry(second, entry)
-    for key in SHARED_KEYS:
-        if key in config:
-            second_entry["config"][key] = copy.deepcopy(config[key])
-    for key in ("trainable", "dtype", "kernel_initializer", "kernel_regularizer", "kernel_constraint"):
-        if key in config:
-            first_entry["config"][key] = copy.deepcopy(config[key])
-    position = container.index(name)
-    if container.sequential:
+    # PW002 ------------------------------------------------------------------------------
+    def factorise(self, plan: FactorisePlan) -> Factorised:
+        edit, keras = self.edit, self.edit.keras
+        container, (name,) = edit.locate([plan.dense])
+        entry = container.entry(name)
+        if entry.get("class_name") != "Dense":
+            raise FixNotApplicable(f"'{plan.dense}' is a {entry.get('class_name')}, not a Dense layer")
+        config = entry["config"]
+        if config.get("quantization_config") or config.get("lora_rank"):
+            raise FixNotApplicable(f"'{plan.dense}' is quantised or has LoRA weights")
+        if not container.sequential:
+            container.single_input(entry)
+        layer = edit.layer(container.prefix + (name,))
+        values = layer.get_weights()
+        weight = values[_weight(layer, "kernel")]
+        rows, cols = weight.shape
+        low = factorise(weight, plan)
+        first_name, second_name = edit.fresh(f"{name}_u"), edit.fresh(f"{name}_v")
+        first_entry = edit.new_entry(keras.layers.Dense(low.rank, use_bias=False, name=first_name), entry)
+        second_entry = edit.new_entry(keras.layers.Dense(cols, name=second_name), entry)
+        for key in SHARED_KEYS:
+            if key in config:
+                second_entry["config"][key] = copy.deepcopy(config[key])
+        for key in ("trainable", "dtype", "kernel_initializer", "kernel_regularizer", "kernel_constraint"):
+            if key in config:
+                first_entry["config"][key] = copy.deepcopy(config[key])
+        position = container.index(name)
+        if not container.sequential:
+            second_entry["inbound_nodes"] = [{"args": [_tensor(first_name)], "kwargs": {}}]
         container.layers[position:position + 1] = [first_entry, second_entry]
-    else:
-        second_entry["inbound_nodes"] = [{"args": [_tensor(first_name)], "kwargs": {}}]
-        container.layers[position:position + 1] = [first_entry, second_entry]
-        container.rewire([name, 0, 0], [second_name, 0, 0])
-    stored = low.first.astype(weight.dtype), low.second.astype(weight.dtype)
-    low = as_written(low, weight, *stored)  # the reported error is the written factors'
-    edit.weights[container.prefix + (first_name,)] = [stored[0]]
-    second_values = [stored[1]]
-    if config.get("use_bias", True):
-        second_values.append(values[_weight(layer, "bias")])
-    edit.weights[container.prefix + (second_name,)] = second_values
-    return factorised_note(plan["dense"], rows, cols, low)
-
-
-ACTIONS = {
-    "convolutionalise-head": convolutionalise_head,
-    "pool-pointwise-head": pool_pointwise_head,
-    "fold-bias-into-norm": fold_bias_into_norm,
-    "factorise-dense": factorise_dense,
-}
+        if not container.sequential:
+            container.rewire([name, 0, 0], [second_name, 0, 0])
+        stored = low.first.astype(weight.dtype), low.second.astype(weight.dtype)
+        low = as_written(low, weight, *stored)  # the reported error is the written factors'
+        edit.weights[container.prefix + (first_name,)] = [stored[0]]
+        second_values = [stored[1]]
+        if config.get("use_bias", True):
+            second_values.append(values[_weight(layer, "bias")])
+        edit.weights[container.prefix + (second_name,)] = second_values
+        return Factorised(rows, cols, low)

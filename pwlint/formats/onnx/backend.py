@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pwlint.formats.onnx.edit import Editor
-from pwlint.formats.onnx.fixes import ACTIONS
 from pwlint.errors import FixNotApplicable, LoadError
 from pwlint.findings import Fix
+from pwlint.fix.actions import accepted, carry_out
+from pwlint.formats.onnx.edit import Editor
+from pwlint.formats.onnx.fixes import OnnxRewriter, can_apply
 from pwlint.ir import ModelGraph
 from pwlint.formats.onnx.loader import load_proto
 from pwlint.formats.onnx.read import parse_file
 from pwlint.formats.onnx.wire import payload_slice, write_model
 
-#: why no action rewrites a quantized layer
-QUANTIZED = "the model is quantized: fix the float model, then quantize again"
 #: ONNX's protobuf limit: larger models must keep their weights in external data
 PROTO_LIMIT = 2_000_000_000
 #: how symbolic input dimensions (batch, sequence) are bound when running the model
@@ -94,15 +93,9 @@ class OnnxFixSession:
 
     # changing ------------------------------------------------------------
     def apply(self, fix: Fix) -> str:
-        action = ACTIONS.get(fix.action)
-        if action is None:
-            raise FixNotApplicable(f"the ONNX backend has no '{fix.action}' action")
         graph = self.graph()
-        if any(graph.layer(name).attrs.get("quantized") for name in _planned_layers(fix.plan, graph)):
-            # the actions rewrite float weights; integer weights with their scales and zero
-            # points would need quantizing again, which only the quantizer can do well
-            raise FixNotApplicable(QUANTIZED)
-        return action(Editor(self.model, self.folder, self.pending), graph, fix.plan)
+        plan = accepted(fix, graph, OnnxBackend)
+        return carry_out(OnnxRewriter(Editor(self.model, self.folder, self.pending), graph), plan)
 
     def checkpoint(self) -> Path:
         """Write the current model to a new candidate file and run the ONNX checker on it."""
@@ -193,16 +186,6 @@ class OnnxFixSession:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _planned_layers(plan: dict, graph: ModelGraph) -> list[str]:
-    """The names of the graph's layers that a fix plan refers to (whatever its keys)."""
-    names = []
-    for value in plan.values():
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, str) and item in graph:
-                names.append(item)
-    return names
-
-
 def _point_at(model: onnx.ModelProto, location: str, model_file: Path) -> None:
     """Write ``model`` to ``model_file`` with all its external data read from ``location``."""
     for tensor in onnx.external_data_helper._get_all_tensors(model):
@@ -272,9 +255,12 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
 
 class OnnxBackend:
     name = "onnx"
+    label = "ONNX"
     #: what checks a candidate and what runs the models, for reports
     checker = "the ONNX checker"
     runtime = "onnxruntime"
+    #: why a plan cannot be carried out here (quantized layers), or None
+    can_apply = staticmethod(can_apply)
 
     @staticmethod
     def open(path: str) -> OnnxFixSession:

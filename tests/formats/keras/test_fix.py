@@ -409,6 +409,8 @@ def test_factorise_reports_the_error_of_the_factors_in_the_file_not_of_the_svd(t
     """A slip between the SVD and the written kernels (here: the second factor halved on
     its way) must show in the reported error, which is measured from what was written."""
     import dataclasses
+
+    from pwlint.fix.plans import FactorisePlan
     import re
 
     import pwlint.formats.keras.fixes as keras_fixes
@@ -429,7 +431,7 @@ def test_factorise_reports_the_error_of_the_factors_in_the_file_not_of_the_svd(t
         after.get_layer("big_v").kernel)
     in_file = np.linalg.norm(weight - product) / np.linalg.norm(weight)
     assert reported == pytest.approx(in_file, rel=6e-3)
-    assert in_file > 1.05 * real(weight, {"target_params": 3000}).error  # the slip is visible
+    assert in_file > 1.05 * real(weight, FactorisePlan("big", target_params=3000)).error  # the slip is visible
 
 
 def test_factorise_by_energy_keeps_the_smallest_rank_holding_it(tmp_path):
@@ -475,15 +477,14 @@ def wrong_weights(monkeypatch):
     """Make the safe PW001 action write a wrong conv kernel, as a bug would."""
     from pwlint.formats.keras import fixes as keras_fixes
 
-    real = keras_fixes.ACTIONS["convolutionalise-head"]
+    real = keras_fixes.KerasRewriter.rewrite_head
 
-    def perturbed(edit, graph, plan):
-        note = real(edit, graph, plan)
-        for path, values in edit.weights.items():
-            edit.weights[path] = [v * 1.05 for v in values]
-        return note
+    def perturbed(rewriter, plan):
+        real(rewriter, plan)
+        for path, values in rewriter.edit.weights.items():
+            rewriter.edit.weights[path] = [v * 1.05 for v in values]
 
-    monkeypatch.setitem(keras_fixes.ACTIONS, "convolutionalise-head", perturbed)
+    monkeypatch.setattr(keras_fixes.KerasRewriter, "rewrite_head", perturbed)
 
 
 def test_safe_fix_that_changes_the_outputs_is_not_written(tmp_path, wrong_weights):

@@ -377,6 +377,8 @@ def test_svd_reports_the_error_of_the_factors_in_the_file_not_of_the_svd(pt2_sou
     its way) must show in the reported error, which is measured from what was written."""
     import dataclasses
 
+    from pwlint.fix.plans import FactorisePlan
+
     real = pt2_fixes.factorise
     monkeypatch.setattr(pt2_fixes, "factorise", lambda w, plan: dataclasses.replace(
         real(w, plan), second=real(w, plan).second * 0.5))
@@ -391,7 +393,7 @@ def test_svd_reports_the_error_of_the_factors_in_the_file_not_of_the_svd(pt2_sou
     product = after["classifier.0.v.weight"].detach().double() @ after["classifier.0.u.weight"].detach().double()
     in_file = float(torch.linalg.norm(weight - product) / torch.linalg.norm(weight))
     assert reported == pytest.approx(in_file, rel=6e-3)
-    assert in_file > 1.05 * real(weight.numpy().T, {"target_params": 20_000}).error  # the slip is visible
+    assert in_file > 1.05 * real(weight.numpy().T, FactorisePlan("classifier.0", target_params=20_000)).error  # the slip is visible
 
 
 # writing ---------------------------------------------------------------------------------
@@ -426,13 +428,14 @@ def test_in_place_fix_leaves_no_temporary_files(pt2_source, tmp_path):
 @pytest.fixture
 def wrong_kernel(monkeypatch):
     """Make the safe PW001 fix build a wrong conv kernel, as a bug would."""
-    real = pt2_fixes._first_kernel
+    real = pt2_fixes.head_kernels
 
-    def perturbed(dense, plan):
-        kernel = real(dense, plan)
-        return kernel + torch.randn(kernel.shape, generator=torch.Generator().manual_seed(0)) * 0.05
+    def perturbed(*args):
+        kernel, *rest = real(*args)
+        noise = np.random.default_rng(0).standard_normal(kernel.shape).astype(kernel.dtype) * 0.05
+        return [kernel + noise, *rest]
 
-    monkeypatch.setattr(pt2_fixes, "_first_kernel", perturbed)
+    monkeypatch.setattr(pt2_fixes, "head_kernels", perturbed)
 
 
 def test_failed_verification_leaves_the_file_byte_identical(pt2_source, tmp_path, wrong_kernel):

@@ -28,6 +28,8 @@ import numpy as np
 
 from pwlint.errors import FixNotApplicable, PwlintError
 from pwlint.findings import Fix
+from pwlint.fix.actions import accepted, carry_out
+from pwlint.fix.plans import HeadPlan, Plan
 from pwlint.ir import ModelGraph
 
 #: how symbolic input dimensions (batch) are bound when running or exporting the model
@@ -291,16 +293,14 @@ class Pt2FixSession:
 
     # changing ------------------------------------------------------------
     def apply(self, fix: Fix) -> str:
-        from pwlint.formats.pytorch.pt2.fixes import ACTIONS
+        from pwlint.formats.pytorch.pt2.fixes import Pt2Rewriter
 
-        action = ACTIONS.get(fix.action)
-        if action is None:
-            raise FixNotApplicable(f"the .pt2 backend has no '{fix.action}' action")
         graph = self.graph()
+        plan = accepted(fix, graph, Pt2Backend)
         program = self.program()
         try:
             with _quiet():
-                note = action(program.gm, graph, fix.plan)
+                note = carry_out(Pt2Rewriter(program.gm, graph), plan)
         except FixNotApplicable:
             raise  # raised before the module changed
         except BaseException:
@@ -358,8 +358,18 @@ class Pt2FixSession:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def can_apply(plan: Plan, graph: ModelGraph) -> str | None:
+    """Why the .pt2 backend cannot carry ``plan`` out, or None: it writes 2-D convs only."""
+    if isinstance(plan, HeadPlan) and len(plan.positions) != 2:
+        return f"the flattened map has {len(plan.positions)} spatial dimensions; only 2-D heads are rewritten"
+    return None
+
+
 class Pt2Backend:
     name = "torch"
+    label = ".pt2"
+    #: why a plan cannot be carried out here (a head that is not 2-D), or None
+    can_apply = staticmethod(can_apply)
     #: what checks a candidate and what runs the models, for reports
     checker = "torch.export.load of a sanitised copy"
     runtime = "torch"

@@ -1,14 +1,15 @@
-"""The four fix actions, carried out on the ``torch.fx.GraphModule`` of an exported program.
+"""The fix plans carried out on the ``torch.fx.GraphModule`` of an exported program
+(see :mod:`pwlint.fix.actions`).
 
-Each takes the GraphModule (``ExportedProgram.module()``: parameters and buffers are
-``get_attr`` nodes, operators ATen calls), the model's
-:class:`~pwlint.ir.ModelGraph` as the torch loader reads the same program, and a fix
-plan. Layers are found by the loader's names: a layer's ``members`` are the FX node
-names it was built from, and a node's ``meta["nn_module_stack"]`` says which module
-call it belongs to. An action reads and checks everything first and raises
-:class:`FixNotApplicable` before the first change; then it edits the graph and the
-module's parameters and returns a one-line note. The numerics are the ONNX backend's
-(:mod:`pwlint.formats.onnx.fixes`).
+:class:`Pt2Rewriter` works on the GraphModule (``ExportedProgram.module()``: parameters
+and buffers are ``get_attr`` nodes, operators ATen calls) and the model's
+:class:`~pwlint.ir.ModelGraph` as the torch loader reads the same program. Layers are
+found by the loader's names: a layer's ``members`` are the FX node names it was built
+from, and a node's ``meta["nn_module_stack"]`` says which module call it belongs to. A
+rewrite reads and checks everything first and raises :class:`FixNotApplicable` before
+the first change; then it edits the graph and the module's parameters. The numbers are
+computed by the shared arithmetic (:mod:`pwlint.fix.head`, :mod:`pwlint.fix.fold`,
+:mod:`pwlint.fix.lowrank`) in numpy and stored back in the parameters' dtype.
 
 New nodes take the ``nn_module_stack`` of the node they replace, so that the program
 exported again names them as before: the conv that replaces ``classifier.1`` is still
@@ -19,14 +20,17 @@ exported again names them as before: the conv that replaces ``classifier.1`` is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import prod
 
 import numpy as np
 import torch
 from torch import fx
 
-from pwlint.fix.lowrank import as_written, factorise, factorised_note
 from pwlint.errors import FixNotApplicable
+from pwlint.fix.actions import Factorised
+from pwlint.fix.fold import folded_mean
+from pwlint.fix.head import dense_terms, head_kernels
+from pwlint.fix.lowrank import as_written, factorise
+from pwlint.fix.plans import FactorisePlan, FoldBiasPlan, HeadPlan
 from pwlint.ir import Layer, ModelGraph
 
 aten = torch.ops.aten
@@ -129,58 +133,69 @@ def _readers(gm: fx.GraphModule, target: str) -> list[fx.Node]:
 
 @dataclass
 class Dense:
-    """A dense layer as ``y = x @ weight.T + bias`` whatever its ATen form."""
+    """A dense layer as ``y = x @ weight + bias`` whatever its ATen form."""
 
     node: fx.Node  # linear / addmm / mm / matmul
     data: fx.Node
     output: fx.Node  # the node whose value is the layer's output (the bias add, if separate)
-    weight: torch.Tensor  # [out, in]
-    bias: torch.Tensor | None  # [out]
+    weight: np.ndarray  # [in, out]
+    bias: np.ndarray | None  # [out]
+    dtype: torch.dtype
     weight_attr: str
     bias_attr: str | None
     removed: tuple[fx.Node, ...]
+
+
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as numpy (sharing memory where the dtype allows; bfloat16, which
+    numpy lacks, as float32)."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def as_torch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
 
 
 def read_dense(gm: fx.GraphModule, layer: Layer) -> Dense:
     nodes = layer_nodes(gm, layer)
     targets = {aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default}
     node = _only(nodes, targets, layer, "dense")
-    bias_node, output = None, node
+    bias_node, output, alpha, beta = None, node, 1.0, 1.0
     if node.target is aten.linear.default:
         data, weight_node = node.args[0], node.args[1]
         bias_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-        weight = constant(gm, weight_node)
+        weight = constant(gm, weight_node)  # [out, in]
     elif node.target is aten.addmm.default:
-        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1 or len(node.args) > 3:
-            raise FixNotApplicable(f"'{layer.name}' is an addmm with alpha or beta")
         bias_node, data, weight_node = node.args[:3]
-        weight = constant(gm, weight_node).T
+        alpha, beta = node.kwargs.get("alpha", 1), node.kwargs.get("beta", 1)
+        weight = constant(gm, weight_node)
     else:
         data, weight_node = node.args[:2]
-        weight = constant(gm, weight_node).T
+        weight = constant(gm, weight_node)
         adds = [u for u in node.users if u.target is aten.add.Tensor and u in nodes]
         if len(adds) == 1 and len(node.users) == 1:
             output = adds[0]
             bias_node = next(a for a in output.args[:2] if a is not node)
     if not isinstance(data, fx.Node) or weight.dim() != 2:
         raise FixNotApplicable(f"'{layer.name}' does not multiply an activation by a weight matrix")
+    if node.target is aten.linear.default:
+        weight = weight.T  # [in, out], as every other form has it
     weight_attr = _stored(weight_node)
     if weight_attr is None:
         raise FixNotApplicable(f"the weights of '{layer.name}' are not a stored parameter")
     bias, bias_attr = None, None
     if bias_node is not None:
-        bias = constant(gm, bias_node)
-        if bias.numel() != weight.shape[0]:
-            raise FixNotApplicable(f"the bias of '{layer.name}' does not broadcast per unit")
-        bias = bias.reshape(-1)
+        bias = as_numpy(constant(gm, bias_node))
         bias_attr = bias_node.target if isinstance(bias_node, fx.Node) and bias_node.op == "get_attr" else None
         if bias_attr is None:
             raise FixNotApplicable(f"the bias of '{layer.name}' is not a stored parameter")
+    matrix, bias = dense_terms(as_numpy(weight), bias, layer.name, alpha, beta)
     for attr in filter(None, (weight_attr, bias_attr)):
         if len(_readers(gm, attr)) > 1:
             raise FixNotApplicable(f"'{attr}' is shared with another layer")
     removed = (output, node) if output is not node else (node,)
-    return Dense(node, data, output, weight, bias, weight_attr, bias_attr, removed)
+    return Dense(node, data, output, matrix, bias, weight.dtype, weight_attr, bias_attr, removed)
 
 
 # writing ------------------------------------------------------------------------------
@@ -242,204 +257,178 @@ def _outer_stack(node: fx.Node) -> dict:
     return stack
 
 
-# PW001 --------------------------------------------------------------------------------
-
-def _feature_map(flat: fx.Node, plan: dict, name: str) -> fx.Node:
+def _feature_map(flat: fx.Node, plan: HeadPlan, name: str) -> fx.Node:
     data = flat.args[0]
-    if plan["layout"] == "NCHW":
+    if not plan.channels_last:
         return data
     while isinstance(data, fx.Node) and data.target in COPIES:
         data = data.args[0]
-    rank = len(plan["positions"]) + 2
-    perm = [0, *range(2, rank), 1]
+    perm = [0, *range(2, len(plan.positions) + 2), 1]
     if not (isinstance(data, fx.Node) and data.target is aten.permute.default and list(data.args[1]) == perm):
         raise FixNotApplicable(f"the channels-last flatten '{name}' is not fed by an NCHW -> NHWC permute")
     return data.args[0]
 
 
-def _first_kernel(dense: Dense, plan: dict) -> torch.Tensor:
-    units = dense.weight.shape[0]
-    channels, positions = plan["channels"], list(plan["positions"])
-    if dense.weight.shape[1] != channels * prod(positions):
-        raise FixNotApplicable("the dense layer's inputs do not match the flattened map")
-    if plan["layout"] == "NHWC":
-        return dense.weight.reshape(units, *positions, channels).movedim(-1, 1)
-    return dense.weight.reshape(units, channels, *positions)
+class Pt2Rewriter:
+    """Carries plans out on the GraphModule ``gm``; ``graph`` is the torch loader's lint
+    graph of the same program."""
 
+    def __init__(self, gm: fx.GraphModule, graph: ModelGraph) -> None:
+        self.gm = gm
+        self.graph = graph
 
-def _rewrite_head(gm: fx.GraphModule, graph: ModelGraph, plan: dict, pool: bool) -> str:
-    positions = list(plan["positions"])
-    if len(positions) != 2:
-        raise FixNotApplicable(
-            f"the flattened map has {len(positions)} spatial dimensions; only 2-D heads are rewritten"
-        )
-    flat_layer = graph.layer(plan["flatten"])
-    flat = _only(layer_nodes(gm, flat_layer), FLATTEN_TARGETS, flat_layer, "flatten or reshape")
-    layers = [graph.layer(name) for name in plan["denses"]]
-    denses = [read_dense(gm, layer) for layer in layers]
-    feature = _feature_map(flat, plan, flat_layer.name)
-    value = feature.meta.get("val")
-    if value is not None and (len(value.shape) != 4 or value.shape[1] != plan["channels"]
-                              or list(value.shape[2:]) != positions):
-        size = "x".join(map(str, [plan["channels"], *positions]))
-        raise FixNotApplicable(f"the map '{flat_layer.name}' flattens is not {size}")
-    kernel = _first_kernel(denses[0], plan)
-    if pool:
-        kernel = kernel.double().sum(dim=(2, 3), keepdim=True).to(kernel.dtype)
-    kernels = [kernel] + [d.weight.reshape(*d.weight.shape, 1, 1) for d in denses[1:]]
-    # everything is read and checked: from here on the module changes
-    outer = _outer_stack(flat)
-    data = feature
-    if pool:
-        data = _call(gm, aten.adaptive_avg_pool2d.default, (feature, [1, 1]), outer, denses[0].node)
-    for index, (dense, weight) in enumerate(zip(denses, kernels)):
-        old = _fetch(gm, dense.weight_attr)
-        _set_param(gm, dense.weight_attr, weight, old)
-        source = data if index == 0 else dense.data
-        weight_node = _get_attr(gm, dense.weight_attr, dense.node)
-        bias_node = None
-        if dense.bias is not None:
-            _set_param(gm, dense.bias_attr, dense.bias, _fetch(gm, dense.bias_attr))
-            bias_node = _get_attr(gm, dense.bias_attr, dense.node)
-        conv = _call(gm, aten.conv2d.default, (source, weight_node, bias_node), _stack_of(dense.node), dense.node)
-        replacement = conv
-        if index == len(denses) - 1:
-            replacement = _call(gm, aten.flatten.using_ints, (conv, 1), outer, dense.node)
-        dense.output.replace_all_uses_with(replacement)
-        for node in dense.removed:
-            gm.graph.erase_node(node)
-    _finish(gm)
-    later = f", and {len(denses) - 1} later dense layer(s) by 1x1 convs" if len(denses) > 1 else ""
-    if pool:
-        return f"'{layers[0].name}' replaced by global average pooling + a 1x1 conv{later}"
-    return f"'{layers[0].name}' replaced by a {'x'.join(map(str, positions))} conv{later}"
+    # PW001 ------------------------------------------------------------------------------
+    def rewrite_head(self, plan: HeadPlan) -> None:
+        gm = self.gm
+        flat_layer = self.graph.layer(plan.flatten)
+        flat = _only(layer_nodes(gm, flat_layer), FLATTEN_TARGETS, flat_layer, "flatten or reshape")
+        denses = [read_dense(gm, self.graph.layer(name)) for name in plan.denses]
+        feature = _feature_map(flat, plan, flat_layer.name)
+        value = feature.meta.get("val")
+        if value is not None and (len(value.shape) != 4 or value.shape[1] != plan.channels
+                                  or tuple(value.shape[2:]) != plan.positions):
+            size = "x".join(map(str, [plan.channels, *plan.positions]))
+            raise FixNotApplicable(f"the map '{flat_layer.name}' flattens is not {size}")
+        kernels = head_kernels([d.weight for d in denses], plan.channels, plan.positions, plan.order, plan.pool)
+        # everything is read and checked: from here on the module changes
+        outer = _outer_stack(flat)
+        data = feature
+        if plan.pool:
+            data = _call(gm, aten.adaptive_avg_pool2d.default, (feature, [1, 1]), outer, denses[0].node)
+        for index, (dense, kernel) in enumerate(zip(denses, kernels)):
+            _set_param(gm, dense.weight_attr, torch.from_numpy(kernel).to(dense.dtype), _fetch(gm, dense.weight_attr))
+            source = data if index == 0 else dense.data
+            weight_node = _get_attr(gm, dense.weight_attr, dense.node)
+            bias_node = None
+            if dense.bias is not None:
+                old_bias = _fetch(gm, dense.bias_attr)
+                _set_param(gm, dense.bias_attr, as_torch(dense.bias, old_bias.dtype), old_bias)
+                bias_node = _get_attr(gm, dense.bias_attr, dense.node)
+            conv = _call(gm, aten.conv2d.default, (source, weight_node, bias_node), _stack_of(dense.node), dense.node)
+            replacement = conv
+            if index == len(denses) - 1:
+                replacement = _call(gm, aten.flatten.using_ints, (conv, 1), outer, dense.node)
+            dense.output.replace_all_uses_with(replacement)
+            for node in dense.removed:
+                gm.graph.erase_node(node)
+        _finish(gm)
 
+    # PW004 ------------------------------------------------------------------------------
+    def fold_bias(self, plan: FoldBiasPlan) -> None:
+        gm = self.gm
+        conv, add, bias_node = self._conv_bias(plan)
+        bias_attr = _stored(bias_node)
+        norm_layer = self.graph.layer(plan.norm)
+        norm = _only(layer_nodes(gm, norm_layer), set(BATCH_NORMS) | set(INSTANCE_NORMS), norm_layer, "normalisation")
+        mean_node, folded = self._folded_mean(norm, plan, as_numpy(constant(gm, bias_node)))
+        # everything is read and checked: from here on the module changes
+        if mean_node is not None:
+            self._store_mean(norm, mean_node, folded)
+        if add is not None:
+            add.replace_all_uses_with(conv)
+            gm.graph.erase_node(add)
+        else:
+            args = list(conv.args)
+            if len(args) > 2:
+                args[2] = None
+                conv.args = tuple(args)
+            else:
+                conv.kwargs = {**conv.kwargs, "bias": None}
+        _finish(gm, [bias_attr])
 
-def convolutionalise_head(gm: fx.GraphModule, graph: ModelGraph, plan: dict) -> str:
-    return _rewrite_head(gm, graph, plan, pool=False)
+    def _conv_bias(self, plan: FoldBiasPlan) -> tuple[fx.Node, fx.Node | None, fx.Node]:
+        """The conv node, the separate add of its bias (or None) and the bias's node: a
+        stored parameter no other layer reads."""
+        gm, conv_layer = self.gm, self.graph.layer(plan.conv)
+        conv_nodes = layer_nodes(gm, conv_layer)
+        conv = _only(conv_nodes, CONV_TARGETS, conv_layer, "convolution")
+        bias_node = conv.args[2] if len(conv.args) > 2 else conv.kwargs.get("bias")
+        add = None
+        if bias_node is None:  # conv without bias, then a separate add of a stored bias
+            adds = [u for u in conv.users if u.target is aten.add.Tensor and u in conv_nodes]
+            if len(adds) != 1 or len(conv.users) != 1:
+                raise FixNotApplicable(f"'{plan.conv}' has no bias")
+            add = adds[0]
+            bias_node = next(a for a in add.args[:2] if a is not conv)
+        bias_attr = _stored(bias_node)
+        if bias_attr is None:
+            raise FixNotApplicable(f"the bias of '{plan.conv}' is not a stored parameter")
+        if len(_readers(gm, bias_attr)) > 1:
+            raise FixNotApplicable(f"the bias of '{plan.conv}' is shared with another layer")
+        return conv, add, bias_node
 
-
-def pool_pointwise_head(gm: fx.GraphModule, graph: ModelGraph, plan: dict) -> str:
-    return _rewrite_head(gm, graph, plan, pool=True)
-
-
-# PW004 --------------------------------------------------------------------------------
-
-def fold_bias_into_norm(gm: fx.GraphModule, graph: ModelGraph, plan: dict) -> str:
-    conv_layer, norm_layer = graph.layer(plan["conv"]), graph.layer(plan["norm"])
-    conv_nodes = layer_nodes(gm, conv_layer)
-    conv = _only(conv_nodes, CONV_TARGETS, conv_layer, "convolution")
-    norm = _only(layer_nodes(gm, norm_layer), set(BATCH_NORMS) | set(INSTANCE_NORMS), norm_layer, "normalisation")
-    bias_node = conv.args[2] if len(conv.args) > 2 else conv.kwargs.get("bias")
-    add = None
-    if bias_node is None:  # conv without bias, then a separate add of a stored bias
-        adds = [u for u in conv.users if u.target is aten.add.Tensor and u in conv_nodes]
-        if len(adds) != 1 or len(conv.users) != 1:
-            raise FixNotApplicable(f"'{plan['conv']}' has no bias")
-        add = adds[0]
-        bias_node = next(a for a in add.args[:2] if a is not conv)
-    bias_attr = _stored(bias_node)
-    if bias_attr is None:
-        raise FixNotApplicable(f"the bias of '{plan['conv']}' is not a stored parameter")
-    if len(_readers(gm, bias_attr)) > 1:
-        raise FixNotApplicable(f"the bias of '{plan['conv']}' is shared with another layer")
-    bias = constant(gm, bias_node).reshape(-1)
-    mean_node, folded = None, None
-    if norm.target in BATCH_NORMS:
+    def _folded_mean(self, norm: fx.Node, plan: FoldBiasPlan, bias: np.ndarray):
+        """For a BatchNorm in inference, its running mean's node and the mean with the bias
+        folded in; for an InstanceNorm on its input's statistics, ``(None, None)``."""
+        if norm.target not in BATCH_NORMS:
+            uses_input_stats = norm.args[INSTANCE_NORMS[norm.target]] if len(norm.args) > 5 else True
+            if not uses_input_stats:
+                raise FixNotApplicable(f"the InstanceNorm '{plan.norm}' uses running statistics")
+            return None, None
         mean_index, training_index = BATCH_NORMS[norm.target]
         if training_index is not None and len(norm.args) > training_index and norm.args[training_index]:
-            raise FixNotApplicable(f"the BatchNorm '{plan['norm']}' runs in training mode")
+            raise FixNotApplicable(f"the BatchNorm '{plan.norm}' runs in training mode")
         mean_node = norm.args[mean_index]
         if not isinstance(mean_node, fx.Node) or mean_node.op != "get_attr":
-            raise FixNotApplicable(f"the BatchNorm '{plan['norm']}' has no stored running mean")
-        mean = constant(gm, mean_node)
-        if mean.numel() != bias.numel():
-            raise FixNotApplicable(f"the bias of '{plan['conv']}' and the BatchNorm's mean differ in size")
-        folded = (mean.double() - bias.double()).to(mean.dtype)
-    else:
-        uses_input_stats = norm.args[INSTANCE_NORMS[norm.target]] if len(norm.args) > 5 else True
-        if not uses_input_stats:
-            raise FixNotApplicable(f"the InstanceNorm '{plan['norm']}' uses running statistics")
-    # everything is read and checked: from here on the module changes
-    if mean_node is not None:
-        shared = len(_readers(gm, mean_node.target)) > 1
+            raise FixNotApplicable(f"the BatchNorm '{plan.norm}' has no stored running mean")
+        mean = constant(self.gm, mean_node)
+        return mean_node, as_torch(folded_mean(as_numpy(mean), bias, plan.conv, plan.norm), mean.dtype)
+
+    def _store_mean(self, norm: fx.Node, mean_node: fx.Node, folded: torch.Tensor) -> None:
+        """The norm reads ``folded`` as its running mean: in place, or as a new buffer when
+        another node reads the old one."""
+        gm = self.gm
         owner, name = _owner(gm, mean_node.target)
-        if shared:
+        if len(_readers(gm, mean_node.target)) > 1:
             new_name = name + "_folded"
             while hasattr(owner, new_name):
                 new_name += "_"
             owner.register_buffer(new_name, folded)
             path = mean_node.target.rpartition(".")[0]
-            new_node = _get_attr(gm, f"{path}.{new_name}" if path else new_name, norm)
-            norm.replace_input_with(mean_node, new_node)
+            norm.replace_input_with(mean_node, _get_attr(gm, f"{path}.{new_name}" if path else new_name, norm))
         elif name in owner._buffers:
             owner._buffers[name] = folded
         else:
             delattr(owner, name)
             owner.register_buffer(name, folded)
-    if add is not None:
-        add.replace_all_uses_with(conv)
-        gm.graph.erase_node(add)
-    else:
-        args = list(conv.args)
-        if len(args) > 2:
-            args[2] = None
-            conv.args = tuple(args)
-        else:
-            conv.kwargs = {**conv.kwargs, "bias": None}
-    _finish(gm, [bias_attr])
-    return f"bias of '{plan['conv']}' folded into '{plan['norm']}'"
 
-
-# PW002 --------------------------------------------------------------------------------
-
-def factorise_dense(gm: fx.GraphModule, graph: ModelGraph, plan: dict) -> str:
-    layer = graph.layer(plan["dense"])
-    dense = read_dense(gm, layer)
-    dtype = dense.weight.dtype
-    low = factorise(dense.weight.double().numpy().T, plan)  # [in, out] = first @ second
-    prefix = dense.weight_attr.rpartition(".")[0]
-    owner = gm.get_submodule(prefix) if prefix else gm
-    names = []
-    for base in ("u", "v"):
-        name = base
-        while hasattr(owner, name):
-            name += "_"
-        names.append(name)
-    # everything is read and checked: from here on the module changes
-    stack = _stack_of(dense.node)
-    targets = []
-    for name, factor, bias in ((names[0], low.first.T, None), (names[1], low.second.T, dense.bias)):
-        module = torch.nn.Module()
-        values = torch.from_numpy(np.ascontiguousarray(factor)).to(dtype)
-        module.register_parameter("weight", torch.nn.Parameter(values))
-        if bias is not None:
-            module.register_parameter("bias", torch.nn.Parameter(bias.clone()))
-        owner.add_module(name, module)
-        targets.append(f"{prefix}.{name}" if prefix else name)
-    layer_path = _module_path(dense.node) or prefix
-    source = dense.data
-    for index, target in enumerate(targets):
-        factor_stack = dict(stack)
-        factor_stack[target] = (f"{layer_path}.{names[index]}" if layer_path else names[index], LINEAR_CLASS)
-        weight = _get_attr(gm, f"{target}.weight", dense.node)
-        bias = _get_attr(gm, f"{target}.bias", dense.node) if index == 1 and dense.bias is not None else None
-        source = _call(gm, aten.linear.default, (source, weight, bias), factor_stack, dense.node)
-    dense.output.replace_all_uses_with(source)
-    for node in dense.removed:
-        gm.graph.erase_node(node)
-    _finish(gm, [dense.weight_attr, dense.bias_attr])
-    rows, cols = dense.weight.shape[1], dense.weight.shape[0]
-    # the error of the parameters the program now holds ([rank, in] and [out, rank]), which
-    # are what torch.export saves: a slip between the SVD and the module shows in the report
-    stored = [_fetch(gm, f"{target}.weight").detach().double().numpy().T for target in targets]
-    low = as_written(low, dense.weight.double().numpy().T, *stored)
-    return factorised_note(layer.name, rows, cols, low)
-
-
-ACTIONS = {
-    "convolutionalise-head": convolutionalise_head,
-    "pool-pointwise-head": pool_pointwise_head,
-    "fold-bias-into-norm": fold_bias_into_norm,
-    "factorise-dense": factorise_dense,
-}
+    # PW002 ------------------------------------------------------------------------------
+    def factorise(self, plan: FactorisePlan) -> Factorised:
+        gm = self.gm
+        dense = read_dense(gm, self.graph.layer(plan.dense))
+        low = factorise(dense.weight, plan)  # [in, out] = first @ second
+        prefix = dense.weight_attr.rpartition(".")[0]
+        owner = gm.get_submodule(prefix) if prefix else gm
+        names = []
+        for base in ("u", "v"):
+            name = base
+            while hasattr(owner, name):
+                name += "_"
+            names.append(name)
+        # everything is read and checked: from here on the module changes
+        stack = _stack_of(dense.node)
+        targets = []
+        for name, factor, bias in ((names[0], low.first.T, None), (names[1], low.second.T, dense.bias)):
+            module = torch.nn.Module()
+            module.register_parameter("weight", torch.nn.Parameter(as_torch(factor, dense.dtype)))
+            if bias is not None:
+                module.register_parameter("bias", torch.nn.Parameter(as_torch(bias, dense.dtype)))
+            owner.add_module(name, module)
+            targets.append(f"{prefix}.{name}" if prefix else name)
+        layer_path = _module_path(dense.node) or prefix
+        source = dense.data
+        for index, target in enumerate(targets):
+            factor_stack = dict(stack)
+            factor_stack[target] = (f"{layer_path}.{names[index]}" if layer_path else names[index], LINEAR_CLASS)
+            weight = _get_attr(gm, f"{target}.weight", dense.node)
+            bias = _get_attr(gm, f"{target}.bias", dense.node) if index == 1 and dense.bias is not None else None
+            source = _call(gm, aten.linear.default, (source, weight, bias), factor_stack, dense.node)
+        dense.output.replace_all_uses_with(source)
+        for node in dense.removed:
+            gm.graph.erase_node(node)
+        _finish(gm, [dense.weight_attr, dense.bias_attr])
+        # the error of the parameters the program now holds ([rank, in] and [out, rank]), which
+        # are what torch.export saves: a slip between the SVD and the module shows in the report
+        stored = [_fetch(gm, f"{target}.weight").detach().double().numpy().T for target in targets]
+        rows, cols = dense.weight.shape
+        return Factorised(rows, cols, as_written(low, dense.weight, *stored))
