@@ -15,3 +15,13 @@ class ConfigError(PwlintError):
 
 class FixNotApplicable(Exception):
     """A fix cannot be carried out on this graph; raised before anything is changed."""
+
+
+class UnsupportedModelError(PwlintError):
+    """An object pwlint cannot lint or fix: not a model of a supported kind, or a kind
+    with no fix backend (a ``torch.jit.ScriptModule``); the message says what to pass instead."""
+
+
+class ExportError(LoadError):
+    """A live model (a ``torch.nn.Module``, a subclassed ``keras.Model``) could not be
+    turned into a file pwlint reads: the message says why, where, and what to do."""
