@@ -88,9 +88,6 @@ class Editor:
     def producer(self, tensor: str) -> onnx.NodeProto | None:
         return next((node for node in self.graph.node if tensor in node.output), None)
 
-    def is_graph_output(self, tensor: str) -> bool:
-        return any(o.name == tensor for o in self.graph.output)
-
     # nodes ---------------------------------------------------------------
     def replace_nodes(self, old: list[onnx.NodeProto], new: list[onnx.NodeProto]) -> None:
         """Put ``new`` where the first of ``old`` stood and drop ``old``."""
@@ -104,12 +101,6 @@ class Editor:
         rebuilt = kept[:at] + new + kept[at:]
         del self.graph.node[:]
         self.graph.node.extend(rebuilt)
-
-    def insert_after(self, anchor_output: str, new: list[onnx.NodeProto]) -> None:
-        nodes = list(self.graph.node)
-        index = next(i for i, node in enumerate(nodes) if anchor_output in node.output)
-        del self.graph.node[:]
-        self.graph.node.extend(nodes[: index + 1] + new + nodes[index + 1:])
 
     def drop_value_info(self, tensors: set[str] | None) -> None:
         """Shapes recorded for rewritten tensors (all, for None) are stale; ONNX re-infers them."""

@@ -636,3 +636,20 @@ def test_operators_other_than_aten_are_refused(pt2_source, target):
     document["graph_module"]["graph"]["nodes"][0]["target"] = target
     with pytest.raises(FixNotApplicable):
         check_program(document)
+
+
+def test_a_head_the_backend_does_not_rewrite_says_why(tmp_path):
+    """The .pt2 backend writes 2-D convs only (Backend.can_apply): a Conv1d head is
+    reported as not applied with that reason, and the file is left as it was."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6, 3),
+    ).eval()
+    path = tmp_path / "conv1d.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 2, 8),)), str(path))
+    before = path.read_bytes()
+    _, report = fix_json(path, "--fix", "--select", "PW001")
+    fix = report["files"][0]["fix"]
+    assert fix["applied"] == [] and fix["written"] is None
+    (outcome,) = fix["not_applied"]
+    assert outcome["note"] == "the flattened map has 1 spatial dimensions; only 2-D heads are rewritten"
+    assert path.read_bytes() == before
