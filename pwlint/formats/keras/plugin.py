@@ -7,18 +7,8 @@ when the plugin is registered: the first Keras file, or the first fix, imports t
 from __future__ import annotations
 
 from pwlint.formats.keras.loader import KerasLoader
+from pwlint.formats.lazy import LazyBackend
 from pwlint.hookspecs import hookimpl
-
-
-class LazyKerasBackend:
-    """:class:`pwlint.formats.keras.backend.KerasBackend`, imported on first use."""
-
-    name = "keras"
-
-    def __getattr__(self, attribute):
-        from pwlint.formats.keras.backend import KerasBackend
-
-        return getattr(KerasBackend, attribute)
 
 
 @hookimpl
@@ -28,4 +18,4 @@ def pwlint_register_loaders(register):
 
 @hookimpl
 def pwlint_register_backends(register):
-    register(LazyKerasBackend())
+    register(LazyBackend("keras", "pwlint.formats.keras.backend:KerasBackend", checker="keras.saving.load_model(safe_mode=True)", runtime="Keras"))

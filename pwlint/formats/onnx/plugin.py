@@ -7,19 +7,9 @@ model again, so the loader must not import the backend.
 
 from __future__ import annotations
 
+from pwlint.formats.lazy import LazyBackend
 from pwlint.formats.onnx.loader import OnnxLoader
 from pwlint.hookspecs import hookimpl
-
-
-class LazyOnnxBackend:
-    """:class:`pwlint.formats.onnx.backend.OnnxBackend`, imported on first use."""
-
-    name = "onnx"
-
-    def __getattr__(self, attribute):
-        from pwlint.formats.onnx.backend import OnnxBackend
-
-        return getattr(OnnxBackend, attribute)
 
 
 @hookimpl
@@ -29,4 +19,4 @@ def pwlint_register_loaders(register):
 
 @hookimpl
 def pwlint_register_backends(register):
-    register(LazyOnnxBackend())
+    register(LazyBackend("onnx", "pwlint.formats.onnx.backend:OnnxBackend", checker="the ONNX checker", runtime="onnxruntime"))

@@ -7,19 +7,9 @@ never needs it.
 
 from __future__ import annotations
 
+from pwlint.formats.lazy import LazyBackend
 from pwlint.formats.pytorch.loader import TorchLoader
 from pwlint.hookspecs import hookimpl
-
-
-class LazyPt2Backend:
-    """:class:`pwlint.formats.pytorch.pt2.backend.Pt2Backend`, imported on first use."""
-
-    name = "torch"
-
-    def __getattr__(self, attribute):
-        from pwlint.formats.pytorch.pt2.backend import Pt2Backend
-
-        return getattr(Pt2Backend, attribute)
 
 
 @hookimpl
@@ -29,4 +19,4 @@ def pwlint_register_loaders(register):
 
 @hookimpl
 def pwlint_register_backends(register):
-    register(LazyPt2Backend())
+    register(LazyBackend("torch", "pwlint.formats.pytorch.pt2.backend:Pt2Backend", checker="torch.export.load of a sanitised copy", runtime="torch"))
