@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 #: The normalised layer vocabulary shared by every format.
 KINDS = frozenset(
@@ -22,9 +22,13 @@ KINDS = frozenset(
 Shape = tuple  # a tuple of ints, with None for a dimension that is not known
 
 
-@dataclass
+@dataclass(slots=True)
 class Layer:
     """One layer of a model, as a rule sees it.
+
+    Slotted: a model can have hundreds of thousands of layers, and a per-instance
+    ``__dict__`` would cost about 300 bytes each (no attribute outside these fields
+    can be set on a layer).
 
     ``name`` is the name a user recognises in the source file; ``members`` lists
     every source node folded into this layer (MatMul+Add become one dense layer).
@@ -160,6 +164,17 @@ class ModelGraph:
         self.graph.add_node(layer.name, layer=layer)
         return layer
 
+    def add_layers(self, layers: Iterable[Layer]) -> None:
+        """:meth:`add_layer` for many layers at once (networkx's ``add_nodes_from``):
+        the same checks, one call for a loader that has built its layers in one pass."""
+        nodes = self.graph
+        batch: dict[str, dict] = {}
+        for layer in layers:
+            if layer.name in batch or layer.name in nodes:
+                raise ValueError(f"duplicate layer name {layer.name!r}")
+            batch[layer.name] = {"layer": layer}
+        nodes.add_nodes_from(batch.items())
+
     def connect(self, producer: str, consumer: str, tensor: str, shape: Shape | None, data: bool = False) -> None:
         """Record that ``consumer`` reads ``tensor`` made by ``producer``; ``data`` marks the
         consumer's first non-constant input, the one walks follow upstream."""
@@ -169,6 +184,23 @@ class ModelGraph:
             edge["data"] = edge["data"] or data
         else:
             self.graph.add_edge(producer, consumer, tensors=[tensor], shape=shape, data=data)
+
+    def connect_many(self, edges: Iterable[tuple[str, str, str, Shape | None, bool]]) -> None:
+        """:meth:`connect` for many ``(producer, consumer, tensor, shape, data)`` at once
+        (networkx's ``add_edges_from``); the result is that of calling :meth:`connect` on
+        each in order: a second tensor between the same two layers joins the first edge."""
+        batch: dict[tuple[str, str], dict] = {}
+        for producer, consumer, tensor, shape, data in edges:
+            key = (producer, consumer)
+            edge = batch.get(key)
+            if edge is None:
+                edge = self.graph.get_edge_data(producer, consumer)
+            if edge is not None:
+                edge["tensors"].append(tensor)
+                edge["data"] = edge["data"] or data
+            else:
+                batch[key] = {"tensors": [tensor], "shape": shape, "data": data}
+        self.graph.add_edges_from((p, c, d) for (p, c), d in batch.items())
 
     # reading ------------------------------------------------------------
     def __len__(self) -> int:

@@ -50,20 +50,33 @@ def downstream(
 ) -> Iterator[tuple[Layer, list[str]]]:
     """Breadth-first over the consumers of ``start``; yields each layer reached with
     the path of names from ``start``. Only layers for which ``through`` is true are
-    walked past; the others are yielded and end that path."""
-    seen = {start.name}
-    queue = deque([(start, [start.name])])
+    walked past; the others are yielded and end that path.
+
+    The walk keeps one parent link per layer and spells a path out only for a layer it
+    yields: copying the path at every step would make a walk down a long chain (a conv
+    followed by thousands of activations) quadratic in its length."""
+    parent: dict[str, str | None] = {start.name: None}
+    queue = deque([start])
     while queue:
-        layer, path = queue.popleft()
+        layer = queue.popleft()
         for consumer in graph.consumers(layer):
-            if consumer.name in seen:
+            if consumer.name in parent:
                 continue
-            seen.add(consumer.name)
-            consumer_path = path + [consumer.name]
+            parent[consumer.name] = layer.name
             if through(consumer):
-                queue.append((consumer, consumer_path))
+                queue.append(consumer)
             else:
-                yield consumer, consumer_path
+                yield consumer, _path_to(parent, consumer.name)
+
+
+def _path_to(parent: dict[str, str | None], name: str) -> list[str]:
+    path: list[str] = []
+    current: str | None = name
+    while current is not None:
+        path.append(current)
+        current = parent[current]
+    path.reverse()
+    return path
 
 
 def sole_consumer(graph: ModelGraph, layer: Layer, through: Callable[[Layer], bool] = is_transparent) -> Layer | None:
