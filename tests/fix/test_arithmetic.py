@@ -199,19 +199,22 @@ def test_the_backends_reason_is_what_the_fix_loop_reports():
 
 
 @pytest.mark.parametrize("backend, positions, reason", [
-    ("pwlint.formats.pytorch.pt2.backend", (4,), "the flattened map has 1 spatial dimensions; only 2-D heads are rewritten"),
-    ("pwlint.formats.pytorch.pt2.backend", (2, 2), None),
-    ("pwlint.formats.keras.backend", (2, 2, 2, 2), "a 4-d feature map has no Keras conv"),
-    ("pwlint.formats.keras.backend", (2, 2, 2), None),
-    ("pwlint.formats.keras.backend", (), "the feature map's height and width are dynamic"),
-    ("pwlint.formats.onnx.backend", (2, 2, 2, 2), None),
+    ("pytorch.pt2.backend:Pt2Backend", (4,),
+     "the flattened map has 1 spatial dimensions; the .pt2 backend rewrites 2-D heads only"),
+    ("pytorch.pt2.backend:Pt2Backend", (2, 2), None),
+    ("keras.backend:KerasBackend", (2, 2, 2, 2),
+     "the flattened map has 4 spatial dimensions; the Keras backend rewrites 1-D to 3-D heads only"),
+    ("keras.backend:KerasBackend", (2, 2, 2), None),
+    ("keras.backend:KerasBackend", (), "the feature map's height and width are dynamic"),
+    ("onnx.backend:OnnxBackend", (2, 2, 2, 2), None),
 ])
 def test_each_backend_declares_the_heads_it_rewrites(backend, positions, reason):
     import importlib
 
-    module = importlib.import_module(backend)
+    module, _, name = backend.partition(":")
+    backend = getattr(importlib.import_module(f"pwlint.formats.{module}"), name)
     plan = HeadPlan(flatten="flat", denses=("fc1",), channels=2, positions=positions, layout="NCHW")
-    assert module.can_apply(plan, head_graph()) == reason
+    assert backend.can_apply(plan, head_graph()) == reason
 
 
 def test_onnx_does_not_rewrite_quantized_layers():

@@ -81,7 +81,7 @@ def no_onnxruntime(monkeypatch):
         calls.append(args)
         raise RuntimeError("onnxruntime is not available in this test")
 
-    monkeypatch.setattr(onnx_backend, "run_model", refuse)
+    monkeypatch.setattr(onnx_backend.OnnxBackend, "run_model", staticmethod(refuse))
     return calls
 
 

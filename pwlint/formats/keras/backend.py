@@ -34,7 +34,7 @@ import numpy as np
 from pwlint.errors import FixNotApplicable, PwlintError
 from pwlint.findings import Fix
 from pwlint.fix.actions import accepted, carry_out
-from pwlint.fix.plans import HeadPlan, Plan
+from pwlint.fix.backend import FormatBackend, run_on_samples
 from pwlint.ir import ModelGraph
 
 #: the file types Keras writes, by suffix
@@ -367,41 +367,11 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
     """Run a model file with Keras on seeded inputs (or the given ones)."""
     keras = import_keras()
     model = load_model(keras, model_file)
-    if feeds is not None:
-        return feeds, _call(keras, model, feeds)
-    last_error = None
-    for symbolic in (SYMBOLIC_DIM, 1):
-        feeds = _feeds(model, seed, symbolic)
-        try:
-            return feeds, _call(keras, model, feeds)
-        except Exception as exc:  # a model may only run with batch 1: try that next
-            last_error = exc
-    raise FixNotApplicable(f"Keras cannot run the model: {_first_line(last_error)}")
+    return run_on_samples(lambda given: _call(keras, model, given), lambda size: _feeds(model, seed, size),
+                          (SYMBOLIC_DIM, 1), feeds, "Keras cannot run the model")
 
 
-def can_apply(plan: Plan, graph: ModelGraph) -> str | None:
-    """Why the Keras backend cannot carry ``plan`` out, or None: Keras has 1-D to 3-D convs."""
-    if isinstance(plan, HeadPlan):
-        if not plan.positions:
-            return "the feature map's height and width are dynamic"
-        if len(plan.positions) not in (1, 2, 3):
-            return f"a {len(plan.positions)}-d feature map has no Keras conv"
-    return None
-
-
-class KerasBackend:
-    name = "keras"
-    label = "Keras"
-    #: why a plan cannot be carried out here (a head that is not 1-3-D), or None
-    can_apply = staticmethod(can_apply)
-    #: what checks a candidate and what runs the models, for reports
-    checker = "keras.saving.load_model(safe_mode=True)"
-    runtime = "Keras"
-
-    @staticmethod
-    def open(path: str) -> KerasFixSession:
-        return KerasFixSession(path)
-
-    @staticmethod
-    def run(model_file: Path, feeds: dict | None = None):
-        return run_model(Path(model_file), feeds)
+class KerasBackend(FormatBackend):
+    name, label, checker, runtime = "keras", "Keras", "keras.saving.load_model(safe_mode=True)", "Keras"
+    session, run_model = KerasFixSession, staticmethod(run_model)
+    head_ranks = (1, 2, 3)  # Keras has Conv1D to Conv3D

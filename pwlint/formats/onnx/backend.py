@@ -19,8 +19,9 @@ import onnx
 from pwlint.errors import FixNotApplicable, LoadError
 from pwlint.findings import Fix
 from pwlint.fix.actions import accepted, carry_out
+from pwlint.fix.backend import FormatBackend, run_on_samples
 from pwlint.formats.onnx.edit import Editor
-from pwlint.formats.onnx.fixes import OnnxRewriter, can_apply
+from pwlint.formats.onnx.fixes import OnnxRewriter
 from pwlint.ir import ModelGraph
 from pwlint.formats.onnx.loader import load_proto
 from pwlint.formats.onnx.read import parse_file
@@ -241,31 +242,11 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
     def run(feeds: dict) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(names, feeds, run_options)))
 
-    if feeds is not None:
-        return feeds, run(feeds)
-    last_error = None
-    for symbolic in (SYMBOLIC_DIM, 1):
-        feeds = _feeds(session, seed, symbolic)
-        try:
-            return feeds, run(feeds)
-        except Exception as exc:  # a model may only run with batch 1: try that next
-            last_error = exc
-    raise FixNotApplicable(f"onnxruntime cannot run the model: {str(last_error).splitlines()[0]}")
+    return run_on_samples(run, lambda size: _feeds(session, seed, size), (SYMBOLIC_DIM, 1), feeds,
+                          "onnxruntime cannot run the model")
 
 
-class OnnxBackend:
-    name = "onnx"
-    label = "ONNX"
-    #: what checks a candidate and what runs the models, for reports
-    checker = "the ONNX checker"
-    runtime = "onnxruntime"
-    #: why a plan cannot be carried out here (quantized layers), or None
-    can_apply = staticmethod(can_apply)
-
-    @staticmethod
-    def open(path: str) -> OnnxFixSession:
-        return OnnxFixSession(path)
-
-    @staticmethod
-    def run(model_file: Path, feeds: dict | None = None):
-        return run_model(model_file, feeds)
+class OnnxBackend(FormatBackend):
+    name, label, checker, runtime = "onnx", "ONNX", "the ONNX checker", "onnxruntime"
+    session, run_model = OnnxFixSession, staticmethod(run_model)
+    rewrites_quantized = False  # any head rank: ONNX convs have any number of spatial axes

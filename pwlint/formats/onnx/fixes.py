@@ -18,7 +18,7 @@ from pwlint.fix.actions import Factorised
 from pwlint.fix.fold import folded_mean
 from pwlint.fix.head import dense_terms, head_kernels
 from pwlint.fix.lowrank import as_written, factorise
-from pwlint.fix.plans import QUANTIZED, FactorisePlan, FoldBiasPlan, HeadPlan, Plan
+from pwlint.fix.plans import FactorisePlan, FoldBiasPlan, HeadPlan
 from pwlint.formats.onnx.edit import Editor
 from pwlint.ir import Layer, ModelGraph
 
@@ -112,15 +112,6 @@ def _constant_source(editor: Editor, name: str) -> str:
             break
         name = node.input[0]
     return name
-
-
-def can_apply(plan: Plan, graph: ModelGraph) -> str | None:
-    """Why the ONNX backend cannot carry ``plan`` out, or None."""
-    if any(graph.layer(name).attrs.get("quantized") for name in plan.layers()):
-        # the actions rewrite float weights; integer weights with their scales and zero
-        # points would need quantizing again, which only the quantizer can do well
-        return QUANTIZED
-    return None
 
 
 class OnnxRewriter:

@@ -651,5 +651,5 @@ def test_a_head_the_backend_does_not_rewrite_says_why(tmp_path):
     fix = report["files"][0]["fix"]
     assert fix["applied"] == [] and fix["written"] is None
     (outcome,) = fix["not_applied"]
-    assert outcome["note"] == "the flattened map has 1 spatial dimensions; only 2-D heads are rewritten"
+    assert outcome["note"] == "the flattened map has 1 spatial dimensions; the .pt2 backend rewrites 2-D heads only"
     assert path.read_bytes() == before

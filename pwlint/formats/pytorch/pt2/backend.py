@@ -29,7 +29,7 @@ import numpy as np
 from pwlint.errors import FixNotApplicable, PwlintError
 from pwlint.findings import Fix
 from pwlint.fix.actions import accepted, carry_out
-from pwlint.fix.plans import HeadPlan, Plan
+from pwlint.fix.backend import FormatBackend, run_on_samples
 from pwlint.ir import ModelGraph
 
 #: how symbolic input dimensions (batch) are bound when running or exporting the model
@@ -243,16 +243,9 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
 
 
 def _run(program: Program, feeds: dict | None, seed: int = 0) -> tuple[dict, list[np.ndarray]]:
-    if feeds is not None:
-        return feeds, program.run(feeds)
-    last = None
-    for use_hints in (False, True):
-        feeds = program.example(seed, use_hints)
-        try:
-            return feeds, program.run(feeds)
-        except Exception as exc:  # a model that only runs at the size it was exported with
-            last = exc
-    raise FixNotApplicable(f"torch cannot run the program: {_reason(last)}")
+    # symbolic sizes bound to 2, then to the sizes the program was exported with
+    return run_on_samples(program.run, lambda use_hints: program.example(seed, use_hints), (False, True), feeds,
+                          "torch cannot run the program", _reason)
 
 
 class Pt2FixSession:
@@ -358,26 +351,7 @@ class Pt2FixSession:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def can_apply(plan: Plan, graph: ModelGraph) -> str | None:
-    """Why the .pt2 backend cannot carry ``plan`` out, or None: it writes 2-D convs only."""
-    if isinstance(plan, HeadPlan) and len(plan.positions) != 2:
-        return f"the flattened map has {len(plan.positions)} spatial dimensions; only 2-D heads are rewritten"
-    return None
-
-
-class Pt2Backend:
-    name = "torch"
-    label = ".pt2"
-    #: why a plan cannot be carried out here (a head that is not 2-D), or None
-    can_apply = staticmethod(can_apply)
-    #: what checks a candidate and what runs the models, for reports
-    checker = "torch.export.load of a sanitised copy"
-    runtime = "torch"
-
-    @staticmethod
-    def open(path: str) -> Pt2FixSession:
-        return Pt2FixSession(path)
-
-    @staticmethod
-    def run(model_file: Path, feeds: dict | None = None):
-        return run_model(Path(model_file), feeds)
+class Pt2Backend(FormatBackend):
+    name, label, checker, runtime = "torch", ".pt2", "torch.export.load of a sanitised copy", "torch"
+    session, run_model = Pt2FixSession, staticmethod(run_model)
+    head_ranks = (2,)  # the rewriter writes aten.conv2d and adaptive_avg_pool2d
