@@ -409,11 +409,10 @@ def test_factorise_reports_the_error_of_the_factors_in_the_file_not_of_the_svd(t
     """A slip between the SVD and the written kernels (here: the second factor halved on
     its way) must show in the reported error, which is measured from what was written."""
     import dataclasses
-
-    from pwlint.fix.plans import FactorisePlan
     import re
 
     import pwlint.formats.keras.fixes as keras_fixes
+    from pwlint.fix.plans import FactorisePlan
 
     real = keras_fixes.factorise
     monkeypatch.setattr(keras_fixes, "factorise", lambda w, plan: dataclasses.replace(
