@@ -81,9 +81,9 @@ def _dims(known: dict, node, position: int):
 
 
 def _attrs(node) -> dict:
-    from onnx import helper
+    from pwlint.formats.onnx.proto import attribute_value
 
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {a.name: attribute_value(a) for a in node.attribute}
 
 
 def _output(node, known: dict) -> tuple[int, list] | None:

@@ -175,7 +175,7 @@ class _Operators:
                 )
 
     def _signature(self, node, position: int, op_type: str, domain: str, path):
-        from onnx import defs
+        from pwlint.formats.onnx.schemas import get_schema
 
         if domain == "ai.onnx":
             domain = ""
@@ -187,23 +187,17 @@ class _Operators:
         version = self.onnx_opset if domain == "" else self.opsets.get(domain)
         if version is None:
             return None
-        try:
-            schema = defs.get_schema(op_type, version, domain)
-        except defs.SchemaError:
-            return None
-        return schema.min_input, {name: int(a.type.value) for name, a in schema.attributes.items()}
+        # onnx's schemas, tabled: reading them from onnx.defs would import onnx
+        return get_schema(op_type, version, domain)
 
 
 _UNSEEN = object()
 
 
 def _type_name(attribute_type: int) -> str:
-    from onnx import AttributeProto
+    from pwlint.formats.onnx.proto import ATTRIBUTE_TYPE_NAMES
 
-    try:
-        return AttributeProto.AttributeType.Name(attribute_type)
-    except ValueError:
-        return f"type {attribute_type}"
+    return ATTRIBUTE_TYPE_NAMES.get(attribute_type, f"type {attribute_type}")
 
 
 def _check_graph(graph, outer: tuple, path, folder: str, operators: _Operators, budget: _Budget):
@@ -274,14 +268,29 @@ def _data_absent(tensor, path, folder: str, missing: dict[str, MissingData]) -> 
             return False
     # the dims and the offset/length entries are checked as for any external tensor, on a
     # copy whose data points nowhere: there is no file whose size they could be held to
-    shadow = type(tensor)()
-    shadow.CopyFrom(tensor)
-    for entry in shadow.external_data:
-        if entry.key == "location":
-            entry.value = os.path.join(location, ".pwlint-absent", "data")
-    check_tensor(shadow, path, folder)
+    check_tensor(_Shadow(tensor, os.path.join(location, ".pwlint-absent", "data")), path, folder)
     missing.setdefault(location, MissingData(lfs_pointer)).tensors.append(text(tensor.name, path))
     return True
+
+
+class _Shadow:
+    """What :func:`check_tensor` reads of an external tensor, its location moved."""
+
+    def __init__(self, tensor, location: str) -> None:
+        self.name, self.dims, self.data_type = tensor.name, list(tensor.dims), tensor.data_type
+        self.data_location = tensor.data_location
+        self.external_data = [
+            _Entry(entry.key, location if entry.key == "location" else entry.value) for entry in tensor.external_data
+        ]
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - protobuf's name
+        return False
+
+
+@dataclass
+class _Entry:
+    key: str
+    value: str
 
 
 def _collect_attributes(attributes, subgraphs: list, tensors: list, budget: _Budget, path) -> None:

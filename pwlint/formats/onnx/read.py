@@ -1,12 +1,15 @@
 """Reading an ONNX file into a flat, shape-annotated list of nodes.
 
-This is the format half of the ONNX loader: it parses the file, runs shape
-inference without weight payloads, and walks If/Loop/Scan subgraphs without
-recursion. :mod:`pwlint.formats.onnx.loader` turns the result into layers.
+This is the format half of the ONNX loader: it reads the file without onnx
+(:mod:`pwlint.formats.onnx.proto`), takes the shapes the file states and
+propagates them (:mod:`pwlint.formats.onnx.shapes`), and walks If/Loop/Scan
+subgraphs without recursion. :mod:`pwlint.formats.onnx.loader` turns the result
+into layers.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from itertools import chain
 from math import prod
@@ -64,9 +67,13 @@ class OnnxModel:
     outputs: list[str] = field(default_factory=list)
     opset: int | None = None
     proto: object = None
+    #: whether onnx's shape inference was needed
+    shape_fallback: bool = False
 
 
 def parse_file(path: str):
+    """The file as an ``onnx.ModelProto`` (large weights left in the file): what the fix
+    backend edits. Imports onnx; linting reads files with :func:`parse_light`."""
     from google.protobuf.message import DecodeError
 
     from pwlint.formats.onnx.wire import WireError, read_model
@@ -76,24 +83,42 @@ def parse_file(path: str):
         # weights stay in the file: linting needs their shapes, fixing reads them one by one
         model = read_model(path)
     except (DecodeError, WireError, RuntimeError, ValueError, TypeError, OSError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LoadError(f"{path}: not a valid ONNX model (truncated or not protobuf: {detail})") from None
+        raise _not_onnx(path, exc) from None
+    _require_graph(model, path)
+    return model
+
+
+def parse_light(path: str):
+    """The file as a light ModelProto (:mod:`pwlint.formats.onnx.proto`), checked by the
+    guard, without importing onnx."""
+    from pwlint.formats.onnx.proto import read_light_model
+    from pwlint.formats.onnx.wire import WireError
+
+    require_model_file(path, "an ONNX model")
+    try:
+        model = read_light_model(path)
+    except (WireError, ValueError, TypeError, OSError, IndexError, struct.error) as exc:
+        raise _not_onnx(path, exc) from None
+    _require_graph(model, path)
+    return model
+
+
+def _not_onnx(path, exc) -> LoadError:
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return LoadError(f"{path}: not a valid ONNX model (truncated or not protobuf: {detail})")
+
+
+def _require_graph(model, path) -> None:
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise LoadError(f"{path}: not an ONNX model (no IR version or graph)")
     if not model.graph.node and not model.graph.output:
         raise LoadError(f"{path}: ONNX model with an empty graph")
-    return model
 
 
 def _tensor_values(tensor) -> list | None:
-    from onnx import numpy_helper
+    from pwlint.formats.onnx.proto import tensor_values
 
-    if prod(tensor.dims) > SMALL_TENSOR or tensor.data_location == 1:
-        return None
-    try:
-        return numpy_helper.to_array(tensor).reshape(-1).tolist()
-    except Exception:  # malformed payload: the values are a nicety, not a requirement
-        return None
+    return tensor_values(tensor, SMALL_TENSOR)
 
 
 def _shapes_only_copy(model):
@@ -142,7 +167,7 @@ def _upgraded(light):
 
 
 def _shape_of(type_proto) -> tuple | None:
-    if not type_proto.HasField("tensor_type"):
+    if type_proto is None or not type_proto.HasField("tensor_type"):
         return None
     tensor_type = type_proto.tensor_type
     if not tensor_type.HasField("shape"):
@@ -151,58 +176,106 @@ def _shape_of(type_proto) -> tuple | None:
     return tuple(value if (value := d.dim_value) > 0 else None for d in tensor_type.shape.dim)
 
 
+#: AttributeProto.AttributeType of the attributes that hold graphs, tensors
+GRAPH, GRAPHS, TENSOR, SPARSE_TENSOR = 5, 10, 4, 11
+
+
 def _attributes(node) -> dict:
-    if not node.attribute:  # most nodes of a large graph: skip the import look-up too
+    if not node.attribute:  # most nodes of a large graph
         return {}
-    from onnx import AttributeProto, helper
+    from pwlint.formats.onnx.proto import attribute_value
 
     attrs = {}
     for attr in node.attribute:
-        if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+        kind = attr.type
+        if kind in (GRAPH, GRAPHS):
             continue
-        if attr.type in (AttributeProto.TENSOR, AttributeProto.SPARSE_TENSOR):
+        if kind in (TENSOR, SPARSE_TENSOR):
             attrs[attr.name] = attr
             continue
-        value = helper.get_attribute_value(attr)
+        value = attribute_value(attr)
+        if value is None:
+            continue  # no type, or one linting has no use for
         attrs[attr.name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     return attrs
 
 
 def read_onnx(path: str) -> OnnxModel:
-    return describe_model(parse_file(path))
+    """The model at ``path``, read without onnx; onnx's shape inference runs (on the
+    file read again with onnx) only when :mod:`~pwlint.formats.onnx.shapes` says a
+    shape the rules need is still unknown."""
+    return describe_model(parse_light(path), real=lambda: parse_file(path))
 
 
-def describe_model(model) -> OnnxModel:
-    """Nodes, constants and shapes of an in-memory ModelProto, which is left unchanged.
+def describe_model(model, real=None) -> OnnxModel:
+    """Nodes, constants and shapes of a model, which is left unchanged: a light one
+    (:mod:`pwlint.formats.onnx.proto`) or an ``onnx.ModelProto`` (the fix backend's,
+    read again after each fix; it is serialised and read as a light one, and each
+    :attr:`Node.proto` is then the backend's own NodeProto, which it edits).
 
     Every graph counts: the main graph and the If/Loop/Scan bodies inside it, found
-    without recursion. Constants first (their small values help shape inference), then
-    the shapes inference finds, then the nodes in a stable order (main graph first).
+    without recursion. Constants first, then the shapes the file declares, then the
+    nodes in a stable order (main graph first); then shapes propagated through the
+    nodes, and onnx's inference (``real()`` gives the ModelProto) where they fall short.
     """
-    result = OnnxModel(proto=model)
+    from pwlint.formats.onnx.proto import Message, parse_bytes
+
+    originals = None
+    if not isinstance(model, Message):  # an onnx.ModelProto
+        original = model
+        originals = [graph for graph, _ in _graphs_by_depth(original.graph)]
+        model = parse_bytes(original.SerializeToString())
+        real = lambda: original  # noqa: E731
+    else:
+        original = model
+    result = OnnxModel(proto=original)
     result.opset = next(
         (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
     )
     all_graphs = _graphs_by_depth(model.graph)
     _record_initializers(all_graphs, result)
-    # inference adds no subgraph: a model without them need not be searched again
-    _record_inferred_shapes(_inferred(model, result.opset), result, has_subgraphs=len(all_graphs) > 1)
+    _record_declared_shapes(all_graphs, result)
     for name, tensor in result.constants.items():
         result.shapes[name] = tensor.dims
-    _record_nodes(model, all_graphs, result)
+    _record_nodes(model, all_graphs, result, originals)
+    _complete_shapes(result, real)
     return result
+
+
+def _complete_shapes(result: OnnxModel, real) -> None:
+    """Shapes through the nodes; onnx's inference for those still missing that a rule needs."""
+    from pwlint.formats.onnx.shapes import missing_shapes, propagate
+
+    propagate(result)
+    if real is None or not missing_shapes(result):
+        return
+    try:
+        inferred = _inferred(real(), result.opset)
+    except Exception:  # inference is best effort
+        return
+    found: dict[str, tuple | None] = {}
+    _record_inferred_shapes(inferred, found, has_subgraphs=True)
+    shapes = result.shapes
+    for name, theirs in found.items():
+        if theirs is None:
+            continue
+        ours = shapes.get(name)
+        if ours is None or len(ours) != len(theirs):
+            shapes[name] = theirs
+        elif None in ours:
+            shapes[name] = tuple(o if o is not None else t for o, t in zip(ours, theirs))
+    result.shape_fallback = True
 
 
 def _subgraphs(graph) -> Iterator:
     """The graphs held directly by ``graph``'s nodes' attributes (If branches, Loop and
     Scan bodies), not those nested deeper."""
-    from onnx import AttributeProto
-
     for node in graph.node:
         for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                yield attr.g
-            elif attr.type == AttributeProto.GRAPHS:
+            if attr.type == GRAPH:
+                if attr.HasField("g"):
+                    yield attr.g
+            elif attr.type == GRAPHS:
                 yield from attr.graphs
 
 
@@ -223,6 +296,17 @@ def _record_initializers(graphs: list[tuple[object, int]], result: OnnxModel) ->
             result.constants[init.name] = Tensor(tuple(init.dims), init.data_type, _tensor_values(init))
 
 
+def _record_declared_shapes(graphs: list[tuple[object, int]], result: OnnxModel) -> None:
+    """The shapes the file states: every graph's inputs, outputs and value_info."""
+    shapes = result.shapes
+    for graph, _ in graphs:
+        for value in chain(graph.input, graph.output, graph.value_info):
+            shape = _shape_of(value.type)
+            name = value.name
+            if shape is not None or name not in shapes:
+                shapes[name] = shape
+
+
 def _inferred(model, opset: int | None):
     """``model`` with the shapes ONNX shape inference finds, on a copy without weight
     payloads; ``model`` itself when inference fails (unknown shapes make rules abstain)."""
@@ -240,11 +324,10 @@ def _inferred(model, opset: int | None):
         return model
 
 
-def _record_inferred_shapes(inferred, result: OnnxModel, has_subgraphs: bool) -> None:
+def _record_inferred_shapes(inferred, shapes: dict, has_subgraphs: bool) -> None:
     """The shapes of every graph's inputs, outputs and value_info; a known shape is never
     replaced by an unknown one of the same name."""
     pending = [inferred.graph]
-    shapes = result.shapes
     while pending:
         graph = pending.pop()
         for value in chain(graph.input, graph.output, graph.value_info):
@@ -256,14 +339,18 @@ def _record_inferred_shapes(inferred, result: OnnxModel, has_subgraphs: bool) ->
             pending.extend(_subgraphs(graph))
 
 
-def _record_nodes(model, graphs: list[tuple[object, int]], result: OnnxModel) -> None:
+def _record_nodes(model, graphs: list[tuple[object, int]], result: OnnxModel, originals=None) -> None:
     """The model's inputs and outputs, and the nodes of every graph, main graph first
-    (graphs of equal depth in the order found); Constant nodes become constants."""
+    (graphs of equal depth in the order found); Constant nodes become constants.
+    ``originals``: the ModelProto's graphs in the order of ``graphs``, whose nodes
+    become the nodes' ``proto``."""
     initializer_names = set(result.constants)
     result.inputs = [i.name for i in model.graph.input if i.name not in initializer_names]
     result.outputs = [o.name for o in model.graph.output]
     nodes = result.nodes
-    for graph, depth in sorted(graphs, key=lambda item: item[1]):
+    numbered = [(graph, depth, number) for number, (graph, depth) in enumerate(graphs)]
+    for graph, depth, number in sorted(numbered, key=lambda item: item[1]):
+        protos = originals[number].node if originals is not None else graph.node
         for position, node in enumerate(graph.node):
             op, domain = node.op_type, node.domain
             if op == "Constant" and domain in ("", "ai.onnx"):
@@ -273,26 +360,28 @@ def _record_nodes(model, graphs: list[tuple[object, int]], result: OnnxModel) ->
                 Node(
                     index=len(nodes), name=node.name, op=op,
                     domain=domain, inputs=list(node.input), outputs=list(node.output),
-                    attrs=_attributes(node), proto=node, graph_depth=depth, position=position,
+                    attrs=_attributes(node), proto=protos[position], graph_depth=depth, position=position,
                 )
             )
 
 
 def _record_constant(node, result: OnnxModel) -> None:
-    from onnx import helper
+    from pwlint.formats.onnx.proto import attribute_value
 
     if not node.output:
         return
     for attr in node.attribute:
         if attr.name == "value":
             tensor = attr.t
+            if tensor is None:
+                return
             result.constants[node.output[0]] = Tensor(tuple(tensor.dims), tensor.data_type, _tensor_values(tensor))
             result.shapes[node.output[0]] = tuple(tensor.dims)
             return
         if attr.name in ("value_ints", "value_floats"):
-            values = list(helper.get_attribute_value(attr))
+            values = list(attribute_value(attr) or ())
             result.constants[node.output[0]] = Tensor((len(values),), 7 if attr.name == "value_ints" else 1, values)
             return
         if attr.name in ("value_int", "value_float"):
-            result.constants[node.output[0]] = Tensor((), 7 if attr.name == "value_int" else 1, [helper.get_attribute_value(attr)])
+            result.constants[node.output[0]] = Tensor((), 7 if attr.name == "value_int" else 1, [attribute_value(attr)])
             return

@@ -114,7 +114,7 @@ def _external_file(location: str, name: str, path, folder: str) -> str:
 
 def check_value_shape(value, path) -> None:
     name = shown(text(value.name, path))
-    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+    if value.type is None or not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
         return
     dims = value.type.tensor_type.shape.dim
     if len(dims) > MAX_RANK:

@@ -113,7 +113,7 @@ class WeightResolver:
         if dims is None or any(not isinstance(d, int) or d < 0 for d in dims):
             return None
         value = node.attrs.get("value")
-        dtype = value.t.data_type if value is not None else FLOAT
+        dtype = value.t.data_type if value is not None and value.t is not None else FLOAT
         dims = tuple(dims)
         return Weight(dims, dtype, node.outputs[0], prod(dims), (node.index,), zeros=_is_zero(value))
 
@@ -174,9 +174,8 @@ def _is_zero(value) -> bool:
     """Whether a ConstantOfShape ``value`` attribute fills with zeros (its default)."""
     if value is None:
         return True
-    try:
-        from onnx import numpy_helper
+    from pwlint.formats.onnx.proto import tensor_values
 
-        return not numpy_helper.to_array(value.t).any()
-    except Exception:  # a malformed fill value: not known to be zero
-        return False
+    values = tensor_values(value.t)
+    # a malformed or unreadable fill value is not known to be zero
+    return values is not None and not any(values)

@@ -8,6 +8,9 @@ itself (``location`` = the file, ``offset``/``length`` = where its bytes are),
 so the in-memory model holds structure only; its payload pages are never read.
 :func:`write_model` does the reverse, streaming payloads from wherever they
 live (the source file, another data file, or a numpy array) into a new file.
+
+Neither onnx nor numpy is imported until a function that needs them runs: the lint
+path reads files with :mod:`pwlint.formats.onnx.proto`, which uses the wire walk here.
 """
 
 from __future__ import annotations
@@ -17,9 +20,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-
-import numpy as np
-import onnx
 
 from pwlint.errors import LoadError
 from pwlint.formats.onnx.guard import (
@@ -91,6 +91,8 @@ def fields(buf, start: int, end: int):
 def _stub_tensor(buf, start: int, end: int, location: str) -> onnx.TensorProto | None:
     """A TensorProto without its raw_data, pointing at the raw_data bytes in the file;
     None when the tensor has no large raw_data (it is then copied as it is)."""
+    import onnx
+
     payload = None
     header = bytearray()
     for number, _wire, value_start, value_end, field_start in fields(buf, start, end):
@@ -115,6 +117,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     external-data references into the file itself. Raises WireError on malformed input,
     and LoadError (naming ``path``) for a model :mod:`~pwlint.formats.onnx.guard` refuses:
     every reader of a model file goes through here, so none can skip those checks."""
+    import onnx
     from google.protobuf.message import DecodeError
 
     shown_path = path
@@ -245,6 +248,9 @@ def payload_slice(tensor: onnx.TensorProto, folder: Path) -> FileSlice:
 
 def read_payload(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
     """The values of an external-data tensor, read from its file."""
+    import numpy as np
+    import onnx
+
     where = payload_slice(tensor, folder)
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
     count = int(np.prod(tensor.dims)) if tensor.dims else 1
@@ -272,7 +278,7 @@ def _field_header(number: int, length: int) -> bytes:
     return _encode_varint(number << 3 | 2) + _encode_varint(length)
 
 
-PayloadSource = Callable[[onnx.TensorProto], "np.ndarray | FileSlice | None"]
+PayloadSource = Callable[["onnx.TensorProto"], "np.ndarray | FileSlice | None"]
 
 
 def write_model(model: onnx.ModelProto, path: str | Path, payload_of: PayloadSource, data_file: str | None = None) -> None:
@@ -280,6 +286,8 @@ def write_model(model: onnx.ModelProto, path: str | Path, payload_of: PayloadSou
     (an array, or a :class:`FileSlice` to copy) are written with them: inside the file,
     or into ``data_file`` (a name in the same folder) as external data. Other tensors
     are written as they are."""
+    import onnx
+
     path = Path(path)
     graph = model.graph
     streamed: list[tuple[onnx.TensorProto, np.ndarray]] = []
@@ -332,12 +340,16 @@ def write_model(model: onnx.ModelProto, path: str | Path, payload_of: PayloadSou
 
 def _bare(tensor: onnx.TensorProto) -> onnx.TensorProto:
     """Name, type, dims and doc of a tensor: everything but its values."""
+    import onnx
+
     bare = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, doc_string=tensor.doc_string)
     bare.dims.extend(tensor.dims)
     return bare
 
 
 def _without_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
     top = onnx.ModelProto()
     for descriptor, value in model.ListFields():
         if descriptor.name == "graph":
@@ -367,6 +379,8 @@ def _write_array(out, values) -> None:
                 out.write(chunk)
                 left -= len(chunk)
         return
+    import numpy as np
+
     flat = np.ascontiguousarray(values).reshape(-1)
     if flat.dtype.byteorder == ">":
         flat = flat.astype(flat.dtype.newbyteorder("<"))
