@@ -391,7 +391,9 @@ class KerasRewriter:
         kernels = head_kernels(weights, plan.channels, plan.positions, order, plan.pool)
         # the config: everything is read and checked, the edit starts here
         conv_names = self._replace_denses(container, plan, dense_names, denses, live, values, kernels)
-        self._reroute_input(container, plan, flat_name, flatten, (before or dense_names)[0], dense_names[0])
+        # with no layer between, the head is read by the first conv: a one-Dense head's conv is
+        # already renamed `<name>_conv` (the Flatten appended last takes the dense layer's name)
+        self._reroute_input(container, plan, flat_name, flatten, (before or conv_names)[0], dense_names[0])
         self._append_flatten(container, dense_names[-1], conv_names[-1], denses[-1]["config"].get("dtype"))
         # the head's later layers see [N, 1, 1, F]: their recorded build shapes are stale
         for name in conv_names:

@@ -719,3 +719,24 @@ def test_an_hdf5_named_model_is_fixed_in_its_own_format(tmp_path):
     fixed = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     assert any(type(layer).__name__ == "Conv2D" and layer.name.startswith("fc1") for layer in fixed.layers)
     assert leftovers(tmp_path) == []
+
+
+def test_functional_head_of_one_dense_layer_is_convolutionalised(tmp_path):
+    """Conv -> Flatten -> Dense(10) as a Functional model: the only dense layer is also the
+    last one (its conv is renamed `<name>_conv`, the final Flatten takes its name); the
+    safe fix applies and the outputs stay the same."""
+    inputs = keras.Input((6, 6, 3), name="image")
+    x = layers.Conv2D(4, 3, name="conv")(inputs)
+    x = layers.Flatten(name="flat")(x)
+    logits = layers.Dense(10, name="logits")(x)
+    model = randomise(keras.Model(inputs, logits, name="one_dense"))
+    path = tmp_path / "one_dense.keras"
+    model.save(path)
+    run, report = fix_json(path, "--fix")
+    assert run.code in (0, 1), run.err
+    (entry,) = report["files"]
+    assert [o["code"] for o in entry["fix"]["applied"]] == ["PW001"], entry["fix"]
+    fixed = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    assert fixed.layers[-1].name == "logits"  # the output keeps its name
+    sample = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype("float32")
+    np.testing.assert_allclose(fixed.predict(sample, verbose=0), model.predict(sample, verbose=0), rtol=1e-4, atol=1e-5)
