@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that makes the exit code 1 (default: warning)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings (errors still exit 2)")
     check.add_argument("--output-file", metavar="FILE", help="write the report to FILE instead of standard output (also -o FILE when not fixing)")
+    check.add_argument("--jobs", type=_jobs, metavar="N", help="lint files in N processes (default: the number of CPUs; 1: in this process); --fix and --diff stay serial")
     check.add_argument("-q", "--quiet", action="store_true", help="no progress line on the terminal")
     check.add_argument("--statistics", action="store_true", help="after the report, count the findings per rule")
     check.add_argument("--write-baseline", metavar="FILE", help="record the current findings in FILE and exit 0; later runs with --baseline FILE report only new ones")
@@ -71,6 +72,25 @@ def _parser() -> argparse.ArgumentParser:
     _add_diff_arguments(sub.add_parser("diff", help="compare two versions of a model: findings, parameters, MACs, file size"))
     parser.check_parser = check
     return parser
+
+
+def _jobs(value: str) -> int:
+    """``--jobs N``: a whole number of processes, at least 1."""
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (1 or more), got {value!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (1 or more), got {value!r}")
+    return jobs
+
+
+def _default_jobs() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _add_diff_arguments(parser) -> None:
@@ -186,10 +206,12 @@ def _fix_mode(args):
 
 def _linter(registry, args, fix_mode):
     from pwlint.config import ConfigResolver, Overrides
-    from pwlint.engine import Linter
+    from pwlint.engine import Linter, LinterRecipe
 
     overrides = Overrides.from_flags(args.select, args.ignore, args.fail_on)
-    return Linter(registry, ConfigResolver(overrides, args.config), fix_mode, allow_missing_weights=args.allow_missing_weights)
+    recipe = LinterRecipe(overrides, args.config, args.allow_missing_weights)  # for --jobs workers
+    return Linter(registry, ConfigResolver(overrides, args.config), fix_mode,
+                  allow_missing_weights=args.allow_missing_weights, recipe=recipe)
 
 
 def _lint(linter, args):
@@ -198,7 +220,8 @@ def _lint(linter, args):
     from pwlint.errors import PwlintError
 
     progress = None if args.quiet else _progress_on_terminal()
-    result = linter.lint_paths(args.paths, progress=progress)
+    jobs = args.jobs if args.jobs is not None else _default_jobs()
+    result = linter.lint_paths(args.paths, progress=progress, jobs=jobs)
     if progress is not None and progress.shown:
         sys.stderr.write("\r\x1b[K")  # the report starts on a clean line
     if not result.files:
