@@ -1,8 +1,8 @@
 """What onnx's operator schemas say that the guard checks, without importing onnx.
 
-Generated from onnx 1.23.2 (``python -m pwlint.formats.onnx.schemas`` prints
-the table again from the installed onnx; tests/formats/onnx/test_proto.py checks it
-agrees). Per (domain, operator): (since_version, min_input, ((attribute, type), ...))
+Generated from onnx 1.23.2: ``python -m pwlint.formats.onnx.schemas`` prints the
+``SCHEMAS`` table again from the installed onnx, to paste here after an upgrade;
+tests/formats/onnx/test_proto.py checks that it agrees. Per (domain, operator): (since_version, min_input, ((attribute, type), ...))
 for each version of the operator, oldest first.
 """
 
@@ -252,3 +252,19 @@ def get_schema(op_type: str, version: int, domain: str = ""):
         found = (least, dict(attributes))
     return found
 
+
+
+def render() -> str:
+    """The ``SCHEMAS`` table as onnx (imported here) has it, as Python source."""
+    from onnx import defs
+
+    table: dict = {}
+    for schema in defs.get_all_schemas_with_history():
+        attributes = tuple(sorted((name, int(a.type.value)) for name, a in schema.attributes.items()))
+        table.setdefault((schema.domain, schema.name), []).append((schema.since_version, schema.min_input, attributes))
+    lines = [f"    {key!r}: {tuple(sorted(versions))!r}," for key, versions in sorted(table.items())]
+    return "SCHEMAS = {\n" + "\n".join(lines) + "\n}"
+
+
+if __name__ == "__main__":
+    print(render())

@@ -585,8 +585,6 @@ def _windowed(sizes, kernel: list, attrs: dict, ceil_mode: bool) -> list:
         pad = 0 if auto_pad == "VALID" else pads[i] + pads[i + spatial]
         reach = dilations[i] * (kernel[i] - 1) + 1
         steps = (size + pad - reach) / strides[i]
-        count = (ceil(steps) if ceil_mode else floor(steps)) + 1
-        if ceil_mode and (count - 1) * strides[i] >= size + pads[i]:
-            count -= 1  # the last window would start in the end padding
-        out.append(count)
+        # as onnx infers it: no dropping of a last window that starts in the end padding
+        out.append((ceil(steps) if ceil_mode else floor(steps)) + 1)
     return out
