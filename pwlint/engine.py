@@ -198,8 +198,20 @@ def _start_worker(recipe: LinterRecipe) -> None:
     _worker_linter = recipe.build()
 
 
-def _lint_in_worker(path: str) -> FileResult:
-    return _worker_linter.lint_file(path)
+def _lint_in_worker(paths: list[str]) -> list[FileResult | BaseException]:
+    """Lint a batch of files in a worker; an exception ends up in its file's place."""
+    results: list[FileResult | BaseException] = []
+    for path in paths:
+        try:
+            results.append(_worker_linter.lint_file(path))
+        except Exception as exc:  # noqa: BLE001 - sorted out by the parent, in file order
+            results.append(exc)
+    return results
+
+
+#: batches per worker: few enough that a folder of tiny models is not all round trips
+#: between processes, enough that one slow model does not hold up a long batch behind it
+BATCHES_PER_WORKER = 4
 
 
 class Linter:
@@ -248,17 +260,24 @@ class Linter:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         outcomes: list[FileResult | BaseException | None] = [None] * len(files)
-        pool = ProcessPoolExecutor(min(jobs, len(files)), initializer=_start_worker, initargs=(self.recipe,))
+        workers = min(jobs, len(files))
+        size = max(1, -(-len(files) // (workers * BATCHES_PER_WORKER)))
+        batches = [range(start, min(start + size, len(files))) for start in range(0, len(files), size)]
+        pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(self.recipe,))
         try:
-            futures = {pool.submit(_lint_in_worker, path): index for index, path in enumerate(files)}
-            for done, future in enumerate(as_completed(futures)):
-                index = futures[future]
-                if progress is not None:
-                    progress(done, len(files), files[index])
+            futures = {pool.submit(_lint_in_worker, [files[i] for i in batch]): batch for batch in batches}
+            done = 0
+            for future in as_completed(futures):
+                batch = futures[future]
                 try:
-                    outcomes[index] = future.result()
-                except Exception as exc:  # noqa: BLE001 - sorted out below, in file order
-                    outcomes[index] = exc
+                    batch_outcomes = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker that died: sorted out below
+                    batch_outcomes = [exc] * len(batch)
+                for index, outcome in zip(batch, batch_outcomes):
+                    outcomes[index] = outcome
+                    if progress is not None:
+                        progress(done, len(files), files[index])
+                    done += 1
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         results = []

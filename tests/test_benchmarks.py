@@ -17,14 +17,18 @@ ROWS = (
     "pwlint vgg16.keras (lint)",
     "pwlint vgg16.h5 (lint)",
     "pwlint vgg16.pt2 (lint)",
+    "pwlint vgg16.pt (lint)",
 )
 SCALING_ROWS = (
     'start-up: pwlint lenet.onnx vs python -c "import onnx"',
     "chain of 1,000 Relu nodes vs onnx.load",
     "chain of 10,000 Relu nodes vs onnx.load",
+    "transformer bert-quick.onnx (torch.onnx.export) vs onnx.load",
+    "folder of 20 small models: --jobs 2 vs --jobs 1",
 )
-CACHED = ["chain-1000.onnx", "chain-10000.onnx", "pycache",
-          "vgg16-quick.h5", "vgg16-quick.keras", "vgg16-quick.onnx", "vgg16-quick.pt2"]
+CACHED = ["bert-quick.onnx", "bert-quick.onnx.data", "chain-1000.onnx", "chain-10000.onnx", "pycache",
+          "small-models-20", "vgg16-quick.h5", "vgg16-quick.keras", "vgg16-quick.onnx", "vgg16-quick.pt",
+          "vgg16-quick.pt2"]
 NUMBER = re.compile(r"^\d+(\.\d+)?x?$")
 
 
@@ -48,17 +52,21 @@ def test_quick_benchmark_prints_the_table(tmp_path):
         assert len(row) == 6, row
         for cell in row[1:4]:
             assert NUMBER.match(cell), (row, out)
-    # start-up and chains: pwlint and baseline times, their ratio, per-node time for chains
+    # the other formats' lints have their time target
+    assert all(row[4] == "<= 0.3 s" and row[5] in ("yes", "no") for row in rows[-4:]), out
+    # start-up, chains, transformer, folder: pwlint and baseline times, their ratio, per-node
+    # time for chains, both peak RSS
     assert scaling[0].startswith("| run | pwlint (s) | baseline (s) | pwlint / baseline |"), out
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in scaling[2:]]
     assert len(rows) == len(SCALING_ROWS), out
     for row, label in zip(rows, SCALING_ROWS):
         assert row[0].startswith(label), (row, out)
-        assert len(row) == 8, row
-        for cell in row[1:4] + row[5:6]:
+        assert len(row) == 9, row
+        for cell in row[1:4] + row[5:7]:
             assert NUMBER.match(cell), (row, out)
         # beyond start-up, a 1k chain can measure a little faster than lenet.onnx: noise
         assert re.match(r"^-?\d+\.\d$", row[4]) if label.startswith("chain") else row[4] == "-", (row, out)
+    assert rows[0][7] == "<= 0.25x" and re.match(r"^(yes|no \(time\))$", rows[0][8]), rows[0]
     assert "Errors:" not in out, out
     # the fix really changed the model; the cached models stay for the next run, the outputs are gone
     assert "nothing was fixed" not in out, out
