@@ -692,17 +692,14 @@ def ensure_folder(workdir: Path, count: int) -> Path:
 
 
 SCALING_NOTES = """\
-Start-up is mostly imports: onnx (with numpy: the whole baseline), networkx (the IR's
-graph; importing it loads all of its algorithms and scans entry points for backends),
-pluggy and the built-in plugins. pydantic is imported only when a configuration sets
-something to validate.
-The chain scales linearly (every pass is a loop over nodes with dict look-ups; the time
-per node beyond start-up stays within the noise of a shared machine) but stays far above
-3x onnx.load, whose one C++ protobuf parse is all it does: pwlint also runs ONNX shape
-inference (C++, on its own more than onnx.load on these chains) and then, in Python,
-walks the protobuf wire format to leave weights in the file, checks the graph for hostile
-input, reads every node and inferred shape through the protobuf API and builds a Layer
-and a networkx node and edge per node, tens of microseconds per node in all."""
+Where a chain's time and memory go (cProfile and tracemalloc, 200k nodes): nearly all
+of it is the ONNX reader and loader (parsing every node, completing shapes, building a
+Layer per node); the IR's share is about 4 µs and 1.2 KB per node (a slotted Layer and
+its lists, networkx's node, adjacency and edge dicts), coverage and the rules about 1 µs
+per node each, one pass apiece. What the graph retains beyond that is each layer's
+source handle for the fix backend (the reader's node and its NodeProto).
+--jobs: the report and exit code are the serial run's; a pool pays for starting its
+workers, so it gains only when files take longer than that, on otherwise idle cores."""
 
 
 def fix_notes(task: Task) -> list[str]:

@@ -260,13 +260,19 @@ class Linter:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         outcomes: list[FileResult | BaseException | None] = [None] * len(files)
-        workers = min(jobs, len(files))
-        size = max(1, -(-len(files) // (workers * BATCHES_PER_WORKER)))
-        batches = [range(start, min(start + size, len(files))) for start in range(0, len(files), size)]
+        # the first file here: its loader's modules are then imported once, before the
+        # workers start (forked workers inherit them), not once in every worker
+        if progress is not None:
+            progress(0, len(files), files[0])
+        outcomes[0] = self.lint_file(files[0])  # a configuration error stops here, as serially
+        rest = files[1:]
+        workers = min(jobs, len(rest))
+        size = max(1, -(-len(rest) // (workers * BATCHES_PER_WORKER)))
+        batches = [range(start, min(start + size, len(files))) for start in range(1, len(files), size)]
         pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(self.recipe,))
         try:
             futures = {pool.submit(_lint_in_worker, [files[i] for i in batch]): batch for batch in batches}
-            done = 0
+            done = 1
             for future in as_completed(futures):
                 batch = futures[future]
                 try:
