@@ -68,6 +68,8 @@ RULE_SHAPES = frozenset({
     "Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul",
     "Flatten", "Reshape", "Squeeze", *POOLS, *GLOBAL_POOLS,
 })
+#: shape-passing operators whose integer values are tracked through them too
+TRACKED = frozenset({"Identity", "Cast", "CastLike"})
 #: integer tensors whose values are tracked: no more elements than this
 MAX_VALUES = 64
 
@@ -123,8 +125,17 @@ class _Walker:
 
     def visit(self, node) -> bool:
         """Record the node's output shapes; False when its first input is not known yet."""
-        if not node.outputs:
+        outputs = node.outputs
+        if not outputs:
             return True
+        if len(outputs) == 1 and node.op in SAME_AS_INPUT and node.domain == "" and node.op not in TRACKED:
+            # the common case of a large graph (activations, norms, casts): the shape passes
+            shape = self.shapes.get(node.inputs[0]) if node.inputs else None
+            if shape is None:
+                return not node.inputs
+            if self.shapes.get(outputs[0]) is None:
+                self.shapes[outputs[0]] = shape
+                return True
         try:
             found = self._outputs(node)
         except (ArithmeticError, IndexError, TypeError, ValueError):
