@@ -165,15 +165,19 @@ class ModelGraph:
         return layer
 
     def add_layers(self, layers: Iterable[Layer]) -> None:
-        """:meth:`add_layer` for many layers at once (networkx's ``add_nodes_from``):
-        the same checks, one call for a loader that has built its layers in one pass."""
+        """:meth:`add_layer` for many layers at once, with the same checks; a duplicate
+        name adds none of them. (networkx's ``add_nodes_from`` is slower than a loop of
+        ``add_node`` here: it copies every attribute dict twice; measured, 200k layers.)"""
+        layers = list(layers)
+        names: set[str] = set()
         nodes = self.graph
-        batch: dict[str, dict] = {}
         for layer in layers:
-            if layer.name in batch or layer.name in nodes:
+            if layer.name in names or layer.name in nodes:
                 raise ValueError(f"duplicate layer name {layer.name!r}")
-            batch[layer.name] = {"layer": layer}
-        nodes.add_nodes_from(batch.items())
+            names.add(layer.name)
+        add = nodes.add_node
+        for layer in layers:
+            add(layer.name, layer=layer)
 
     def connect(self, producer: str, consumer: str, tensor: str, shape: Shape | None, data: bool = False) -> None:
         """Record that ``consumer`` reads ``tensor`` made by ``producer``; ``data`` marks the
@@ -186,21 +190,11 @@ class ModelGraph:
             self.graph.add_edge(producer, consumer, tensors=[tensor], shape=shape, data=data)
 
     def connect_many(self, edges: Iterable[tuple[str, str, str, Shape | None, bool]]) -> None:
-        """:meth:`connect` for many ``(producer, consumer, tensor, shape, data)`` at once
-        (networkx's ``add_edges_from``); the result is that of calling :meth:`connect` on
-        each in order: a second tensor between the same two layers joins the first edge."""
-        batch: dict[tuple[str, str], dict] = {}
+        """:meth:`connect` for many ``(producer, consumer, tensor, shape, data)``, in order:
+        a second tensor between the same two layers joins the first edge."""
+        connect = self.connect
         for producer, consumer, tensor, shape, data in edges:
-            key = (producer, consumer)
-            edge = batch.get(key)
-            if edge is None:
-                edge = self.graph.get_edge_data(producer, consumer)
-            if edge is not None:
-                edge["tensors"].append(tensor)
-                edge["data"] = edge["data"] or data
-            else:
-                batch[key] = {"tensors": [tensor], "shape": shape, "data": data}
-        self.graph.add_edges_from((p, c, d) for (p, c), d in batch.items())
+            connect(producer, consumer, tensor, shape, data)
 
     # reading ------------------------------------------------------------
     def __len__(self) -> int:
