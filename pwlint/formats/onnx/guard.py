@@ -195,7 +195,7 @@ _UNSEEN = object()
 
 
 def _type_name(attribute_type: int) -> str:
-    from pwlint.formats.onnx.proto import ATTRIBUTE_TYPE_NAMES
+    from pwlint.formats.onnx.schemas import ATTRIBUTE_TYPE_NAMES
 
     return ATTRIBUTE_TYPE_NAMES.get(attribute_type, f"type {attribute_type}")
 
