@@ -106,3 +106,39 @@ def test_schema_table_is_onnx_own():
 
 def test_schema_table_renders_as_written():
     assert schemas.render() == schemas.TABLE
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    from pwlint.formats.onnx.wire import _field_header
+
+    return _field_header(number, len(payload)) + payload
+
+
+def test_types_nested_thousands_deep_are_one_line_error(tmp_path, pwlint):
+    """A graph input whose type is a sequence of a sequence of ... : protobuf refused it
+    past 100 levels; the reader refuses it past its own limit, without recursing deeper."""
+    inner = _length_delimited(1, b"\x08\x01")  # TypeProto.tensor_type {elem_type: FLOAT}
+    for _ in range(2_000):
+        inner = _length_delimited(4, _length_delimited(1, inner))  # sequence_type { elem_type: ... }
+    value = _length_delimited(1, b"x") + _length_delimited(2, inner)
+    node = helper.make_node("Relu", ["x"], ["y"]).SerializeToString()
+    graph = _length_delimited(1, node) + _length_delimited(11, value)
+    model = b"\x08\x08" + _length_delimited(7, graph) + _length_delimited(8, b"\x10\x11")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model)
+    run = pwlint("check", str(path))
+    assert run.code == 2 and run.err.count("\n") == 1, run.err
+    assert run.err.startswith(f"pwlint: error: {path}: not a valid ONNX model") and "nested too deep" in run.err
+
+
+def test_a_name_that_is_not_utf8_is_refused_naming_it(tmp_path, pwlint):
+    node = helper.make_node("Relu", ["x"], ["y"], name="relu")
+    data = helper.make_model(
+        helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    ).SerializeToString().replace(b"relu", b"r\xffl\xfe")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    run = pwlint("check", str(path))
+    assert run.code == 2 and "is not valid UTF-8" in run.err and run.err.count("\n") == 1, run.err
