@@ -224,7 +224,8 @@ def describe_model(model, real=None) -> OnnxModel:
     if not isinstance(model, Message):  # an onnx.ModelProto
         original = model
         originals = [graph for graph, _ in _graphs_by_depth(original.graph)]
-        model = parse_bytes(original.SerializeToString())
+        # weights as dims and type only: a live model may hold hundreds of MB of them
+        model = parse_bytes(_shapes_only_copy(original).SerializeToString())
         real = lambda: original  # noqa: E731
     else:
         original = model
