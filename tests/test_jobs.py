@@ -94,3 +94,19 @@ def test_several_files_go_to_workers_one_file_and_fixes_stay_in_process(pwlint, 
     assert pwlint(*two, "--jobs", "1").code == 1
     assert "would fix" in pwlint(*two, "--jobs", "2", "--diff").out  # fixing stays serial
     assert pools == []
+
+
+def test_workers_started_by_spawn_give_the_same_report(folder):
+    """macOS and Windows start workers by spawning a fresh interpreter: each rebuilds its
+    linter from the recipe (nothing inherited), and the report is still the serial one."""
+    import subprocess
+    import sys
+
+    paths = [str(folder / "b_flatten_head.onnx"), str(folder / "d_not_a_model.onnx"), str(folder / "sub")]
+    code = ("import multiprocessing, sys; multiprocessing.set_start_method('spawn'); "
+            "from pwlint.cli import main; sys.exit(main(sys.argv[1:]))")
+    spawned = subprocess.run([sys.executable, "-c", code, *paths, "--jobs", "2", "--select", "PW001"],
+                             capture_output=True, text=True, timeout=120)
+    serial = run_command(*paths, "--jobs", "1", "--select", "PW001")
+    assert serial.code == 2 and serial.out.count("PW001") == 2, serial
+    assert (spawned.returncode, spawned.stdout, spawned.stderr) == (serial.code, serial.out, serial.err)
