@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     check = sub.add_parser("check", help="lint model files and folders (the default command)")
-    check.add_argument("paths", nargs="+", metavar="PATH", help="model files or folders")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="model files or folders, or pkg.module:name (a model your code defines: runs your code)")
     check.add_argument("--select", action="append", metavar="CODES", help="rule codes, prefixes or names to enable (comma-separated); replaces the configured select")
     check.add_argument("--ignore", action="append", metavar="CODES", help="rule codes, prefixes or names to disable (comma-separated); added to the configured ignore")
     check.add_argument("--format", default="text", metavar="FORMAT", help="output format: text (default), json, concise, github, junit or sarif")
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--diff", action="store_true", help="show what --fix would change and write nothing")
     check.add_argument("-o", "--output", metavar="PATH", help="with --fix, write the fixed model here and leave the source untouched; without it, write the report here (as --output-file)")
     check.add_argument("--no-verify", action="store_true", help="with --fix, skip the numeric check (the format's checker still runs)")
+    check.add_argument("--input-shape", action="append", metavar="SHAPE", help="for a torch model named as pkg.module:name: an example input's shape, e.g. 1,3,224,224 (repeat per input)")
+    check.add_argument("--input-dtype", action="append", metavar="DTYPE", help="the dtype of each --input-shape (default float32)")
     check.add_argument("--allow-missing-weights", action="store_true", help="lint a model whose weights are not there (absent external data, a .pt2 without its weight members) from its shapes alone instead of refusing it")
 
     rule = sub.add_parser("rule", help="show a rule's documentation")
@@ -219,14 +221,36 @@ def _lint(linter, args):
     file at all is an error, not a clean pass."""
     from pwlint.errors import PwlintError
 
+    from pwlint.targets import is_code_target
+
     progress = None if args.quiet else _progress_on_terminal()
     jobs = args.jobs if args.jobs is not None else _default_jobs()
-    result = linter.lint_paths(args.paths, progress=progress, jobs=jobs)
+    if any(is_code_target(path) for path in args.paths):
+        result = _lint_with_targets(linter, args, progress)
+    else:
+        if args.input_shape or args.input_dtype:
+            raise PwlintError("--input-shape and --input-dtype go with a code target (pkg.module:name)")
+        result = linter.lint_paths(args.paths, progress=progress, jobs=jobs)
     if progress is not None and progress.shown:
         sys.stderr.write("\r\x1b[K")  # the report starts on a clean line
     if not result.files:
         suffixes = ", ".join(linter.registry.suffixes)
         raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {suffixes})")
+    return result
+
+
+def _lint_with_targets(linter, args, progress):
+    """Files and code targets in the order given (serially: a target imports the user's
+    code into this process)."""
+    from pwlint.engine import LintResult
+    from pwlint.targets import is_code_target, lint_target
+
+    result = LintResult()
+    for path in args.paths:
+        if is_code_target(path):
+            result.files.append(lint_target(linter, path, args.input_shape, args.input_dtype))
+        else:
+            result.files += linter.lint_paths([path], progress=progress, jobs=1).files
     return result
 
 
