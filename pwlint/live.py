@@ -32,19 +32,16 @@ passing a path imports none of them.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
-import logging
 import os
 import re
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pwlint.errors import ExportError, PwlintError, UnsupportedModelError
+from pwlint.quiet import quiet
 
 PATH = "path"
 ONNX = "onnx"
@@ -141,21 +138,6 @@ def display_name(model: object, kind: str | None = None) -> str:
     if kind == TORCH_PROGRAM:
         return "<torch.export.ExportedProgram>"
     return f"<torch.nn.Module {type(model).__name__}>"
-
-
-@contextlib.contextmanager
-def quiet():
-    """Frameworks' warnings, log lines and prints are not pwlint's output: what matters
-    reaches the user in pwlint's own one-line errors and reports."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # torch's handlers hold their own stream: levels, not redirects
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
-    finally:
-        logging.disable(previous)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,12 +16,9 @@ rename on the same file system; the source model is never opened for writing.
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,26 +28,10 @@ from pwlint.findings import Fix
 from pwlint.fix.actions import accepted, carry_out
 from pwlint.fix.backend import FormatBackend, run_on_samples
 from pwlint.ir import ModelGraph
+from pwlint.quiet import quiet
 
 #: how symbolic input dimensions (batch) are bound when running or exporting the model
 SYMBOLIC_DIM = 2
-
-
-@contextlib.contextmanager
-def _quiet():
-    """torch.export's warnings and log lines are not pwlint's output."""
-    loggers = [logging.getLogger(name) for name in ("torch", "torch.export", "torch._export", "torch.fx")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _reason(exc: BaseException) -> str:
@@ -71,14 +52,14 @@ class Program:
         try:
             safe = sanitized_copy(model_file, folder)
             try:
-                with _quiet():
+                with quiet():
                     self.ep = torch.export.load(str(safe))
             except Exception as exc:
                 raise FixNotApplicable(f"torch cannot load the program: {_reason(exc)}") from exc
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         check_graph_module(self.ep.graph_module)
-        with _quiet():
+        with quiet():
             self.gm = self.ep.module()
         check_graph_module(self.gm)
         self.inputs = self._inputs()
@@ -182,7 +163,7 @@ class Program:
         import torch.utils._pytree as pytree
 
         args, kwargs = self.arguments(feeds)
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), quiet():
             result = self.gm(*args, **kwargs)
         outputs = []
         for value in pytree.tree_leaves(result):
@@ -200,7 +181,7 @@ class Program:
         for use_hints in (False, True):
             args, kwargs = self.arguments(self.example(use_hints=use_hints))
             try:
-                with _quiet():
+                with quiet():
                     exported = torch.export.export(self.gm, args, kwargs or None, dynamic_shapes=self.dynamic_shapes())
                     torch.export.save(exported, str(target))
                 return
@@ -292,7 +273,7 @@ class Pt2FixSession:
         plan = accepted(fix, graph, Pt2Backend)
         program = self.program()
         try:
-            with _quiet():
+            with quiet():
                 note = carry_out(Pt2Rewriter(program.gm, graph), plan)
         except FixNotApplicable:
             raise  # raised before the module changed
