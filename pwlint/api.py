@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Union
 
 from pwlint import live
-from pwlint.config import ConfigResolver, FileSettings, Overrides, Settings, describe_validation_error
+from pwlint.config import ConfigResolver, FileSettings, Overrides, Settings, describe_validation_error, overridden
 from pwlint.engine import FileResult, LintResult, Linter, check_selectors
 from pwlint.errors import ConfigError, LoadError, PwlintError, UnsupportedModelError
 from pwlint.findings import Finding, Severity
@@ -257,16 +257,7 @@ class LiveConfig(ConfigResolver):
             table = FileSettings.model_validate(dict(self.table))
         except ValueError as exc:  # pydantic's ValidationError
             raise ConfigError(describe_validation_error(exc, "config")) from None
-        o = self.overrides
-        return Settings(
-            select=o.select if o.select is not None else table.select,
-            ignore=o.ignore if o.select is not None else table.ignore + o.ignore,
-            fail_on=o.fail_on or table.fail_on,
-            per_file_ignores=table.per_file_ignores,
-            rules=table.rules,
-            root=Path.cwd(),
-            source="config",
-        )
+        return overridden(table, self.overrides, root=Path.cwd(), source="config")
 
 
 def make_linter(

@@ -151,6 +151,20 @@ class Overrides:
         )
 
 
+def overridden(file_settings: FileSettings, o: Overrides, *, root: Path, source: str | None) -> Settings:
+    """A file's settings with the command line's on top. As in ruff, a --select starts a
+    new selection: the file's select and ignore give way to it, and only --ignore is kept."""
+    return Settings(
+        select=o.select if o.select is not None else file_settings.select,
+        ignore=o.ignore if o.select is not None else file_settings.ignore + o.ignore,
+        fail_on=o.fail_on or file_settings.fail_on,
+        per_file_ignores=file_settings.per_file_ignores,
+        rules=file_settings.rules,
+        root=root,
+        source=source,
+    )
+
+
 class ConfigResolver:
     """Settings for each linted file, caching one parse per configuration file."""
 
@@ -173,15 +187,7 @@ class ConfigResolver:
         file_settings = FileSettings.model_validate({})
         if config is not None:
             file_settings, _ = read_config_file(config)
-        o = self.overrides
-        # as in ruff, a --select on the command line starts a new selection: the
-        # file's select and ignore give way to it, and only --ignore is kept
-        return Settings(
-            select=o.select if o.select is not None else file_settings.select,
-            ignore=o.ignore if o.select is not None else file_settings.ignore + o.ignore,
-            fail_on=o.fail_on or file_settings.fail_on,
-            per_file_ignores=file_settings.per_file_ignores,
-            rules=file_settings.rules,
-            root=(config.parent if config else Path(os.getcwd())),
-            source=str(config) if config else None,
+        return overridden(
+            file_settings, self.overrides,
+            root=(config.parent if config else Path(os.getcwd())), source=str(config) if config else None,
         )

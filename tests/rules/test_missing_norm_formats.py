@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from tests.conftest import findings, init, lint
+from tests.zoo import ConvNeXtBlock
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -330,20 +331,6 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.pwconv2 = nn.Linear(4 * dim, dim)
-
-    def forward(self, x):
-        y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(nn.functional.gelu(self.pwconv1(self.norm(y))))
-        return x + y.permute(0, 3, 1, 2)
 
 
 class ConvNeXtTiny(nn.Module):
