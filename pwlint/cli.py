@@ -326,6 +326,8 @@ def _show_rule(registry, code: str) -> int:
     rule = _find_rule(registry, code)
     print(f"# {rule.code} {rule.name}: {rule.summary}\n")
     print(f"Default severity: {rule.severity.value}\n")
+    fixes = "; ".join(FIX_HELP[kind] for kind in rule.fixes) or "none (the finding is reported, not fixed)"
+    print(f"Fix: {fixes}\n")
     print(rule.body)
     options = rule.options.model_fields
     if options:
@@ -336,15 +338,30 @@ def _show_rule(registry, code: str) -> int:
     return 0
 
 
+#: what each kind of fix means for the user, for ``pwlint rule CODE``
+FIX_HELP = {
+    "safe": "safe (applied by --fix; outputs unchanged, verified)",
+    "unsafe": "unsafe (applied by --fix --unsafe-fixes; changes what the model computes)",
+}
+
+
+def _fix_column(rule) -> str:
+    """``safe fix``, ``unsafe fix``, ``safe+unsafe fix`` or ``no fix``: readable without a header."""
+    return "no fix" if rule.fix_label == "none" else f"{rule.fix_label} fix"
+
+
 def _list_rules(registry, fmt: str) -> int:
     rules = sorted(registry.rules.values(), key=lambda r: r.code)
     if fmt == "json":
         import json
 
-        print(json.dumps([{"code": r.code, "name": r.name, "severity": r.severity.value, "summary": r.summary} for r in rules], indent=2))
+        print(json.dumps([
+            {"code": r.code, "name": r.name, "severity": r.severity.value, "fixes": list(r.fixes), "summary": r.summary}
+            for r in rules
+        ], indent=2))
         return 0
     for rule in rules:
-        print(f"{rule.code}  {rule.name:<24} {rule.severity.value:<8} {rule.summary}")
+        print(f"{rule.code}  {rule.name:<24} {rule.severity.value:<8} {_fix_column(rule):<16} {rule.summary}")
     return 0
 
 

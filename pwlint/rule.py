@@ -17,6 +17,8 @@ from pwlint.lazy_model import LazyModel, option
 
 DOC_SECTIONS = ("What it does", "Why is this bad", "Example", "Use instead")
 CODE_PATTERN = re.compile(r"^[A-Z]{1,6}[0-9]{3,4}$")
+#: the kinds of fix a rule may declare (see :attr:`Rule.fixes`)
+FIX_KINDS = ("safe", "unsafe")
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -43,6 +45,10 @@ class Rule:
     check: CheckFunction
     doc: str
     options: type[RuleOptions] = NoOptions
+    #: the kinds of fix the rule's findings can offer, declared so that ``pwlint rules``
+    #: can tell without linting a model: ``("safe",)``, ``("unsafe",)``, ``("safe",
+    #: "unsafe")``; the default ``()`` means no fix (the finding is only reported)
+    fixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not CODE_PATTERN.match(self.code):
@@ -52,6 +58,14 @@ class Rule:
         missing = [s for s in DOC_SECTIONS if s not in doc_sections(self.doc)]
         if missing:
             raise ValueError(f"rule {self.code} docstring lacks section(s): {', '.join(missing)}")
+        unknown = [kind for kind in self.fixes if kind not in FIX_KINDS]
+        if unknown or isinstance(self.fixes, str):
+            raise ValueError(f"rule {self.code} fixes must be a tuple of {' and '.join(FIX_KINDS)}, got {self.fixes!r}")
+
+    @property
+    def fix_label(self) -> str:
+        """``safe``, ``unsafe``, ``safe+unsafe`` or ``none``, for tables."""
+        return "+".join(kind for kind in FIX_KINDS if kind in self.fixes) or "none"
 
     @property
     def summary(self) -> str:

@@ -70,4 +70,5 @@ RULE = Rule(
     severity=Severity.WARNING,
     check=check,
     doc=__doc__,
+    fixes=("safe",),
 )

@@ -234,4 +234,5 @@ RULE = Rule(
     options=Options,
     check=check,
     doc=__doc__,
+    fixes=("safe", "unsafe"),
 )

@@ -112,4 +112,5 @@ RULE = Rule(
     options=Options,
     check=check,
     doc=__doc__,
+    fixes=("unsafe",),
 )
