@@ -1,4 +1,4 @@
-"""The four fix actions: one table, one dispatch and one set of notes for every backend.
+"""The fix actions: one table, one dispatch and one set of notes for every backend.
 
 A built-in backend carries a fix out in two steps:
 
@@ -10,7 +10,8 @@ A built-in backend carries a fix out in two steps:
    what it did into the one-line note.
 
 A format's rewriter only maps arrays into its format: the arithmetic is shared
-(:mod:`pwlint.fix.head`, :mod:`pwlint.fix.fold`, :mod:`pwlint.fix.lowrank`).
+(:mod:`pwlint.fix.head`, :mod:`pwlint.fix.fold`, :mod:`pwlint.fix.lowrank`,
+:mod:`pwlint.fix.convsplit`, :mod:`pwlint.fix.merge`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from pwlint.errors import FixNotApplicable
-from pwlint.fix.plans import FactorisePlan, FoldBiasPlan, HeadPlan, Plan, plan_for
+from pwlint.fix.plans import ConvFactorisePlan, FactorisePlan, FoldBiasPlan, HeadPlan, MergeChainPlan, Plan, plan_for
 
 if TYPE_CHECKING:
     from pwlint.findings import Fix
+    from pwlint.fix.convsplit import Separable, Tucker2
     from pwlint.fix.lowrank import LowRank
     from pwlint.ir import ModelGraph
 
@@ -34,6 +36,27 @@ class Factorised:
     rows: int
     cols: int
     low: LowRank
+
+
+@dataclass
+class ConvFactorised:
+    """What factorising a KxK conv did: its ``(cout, cin, *window)`` kernel became the
+    layers of ``split`` (a :class:`~pwlint.fix.convsplit.Tucker2` or
+    :class:`~pwlint.fix.convsplit.Separable`, with the error measured from the weights
+    as written)."""
+
+    cout: int
+    cin: int
+    window: tuple[int, ...]
+    split: Tucker2 | Separable
+
+
+@dataclass
+class Merged:
+    """What merging two linear layers did: ``before`` weights became ``after``."""
+
+    before: int
+    after: int
 
 
 class Rewriter(Protocol):
@@ -48,7 +71,16 @@ class Rewriter(Protocol):
         """Drop the conv's bias; for a BatchNorm store :func:`pwlint.fix.fold.folded_mean`."""
 
     def factorise(self, plan: FactorisePlan) -> Factorised:
-        """Replace the dense layer by its two :func:`pwlint.fix.lowrank.factorise` factors."""
+        """Replace the dense layer (or pointwise conv: two 1x1 convs) by its two
+        :func:`pwlint.fix.lowrank.factorise` factors."""
+
+    def factorise_conv(self, plan: ConvFactorisePlan) -> ConvFactorised:
+        """Replace the KxK conv by the layers of :func:`pwlint.fix.convsplit.tucker2` or
+        :func:`~pwlint.fix.convsplit.separable` (``plan.method``); the bias goes last."""
+
+    def merge_chain(self, plan: MergeChainPlan) -> Merged:
+        """Replace ``plan.first``, ``plan.between`` and ``plan.second`` by one layer of
+        ``first``'s kind (:func:`pwlint.fix.merge.merge_linear`) writing ``second``'s output."""
 
 
 class Capable(Protocol):
@@ -81,6 +113,16 @@ def factorise_note(plan: FactorisePlan, done: Factorised) -> str:
     return factorised_note(plan.dense, done.rows, done.cols, done.low)
 
 
+def conv_factorise_note(plan: ConvFactorisePlan, done: ConvFactorised) -> str:
+    from pwlint.fix.convsplit import conv_split_note
+
+    return conv_split_note(plan.conv, done)
+
+
+def merge_note(plan: MergeChainPlan, done: Merged) -> str:
+    return f"'{plan.first}' and '{plan.second}' merged into one layer: {done.before} -> {done.after} weights"
+
+
 @dataclass(frozen=True)
 class Action:
     """How one action is carried out: the rewriter method and the note it leaves."""
@@ -96,6 +138,9 @@ ACTIONS: dict[str, Action] = {
     "pool-pointwise-head": HEAD,
     "fold-bias-into-norm": Action(lambda rewriter, plan: rewriter.fold_bias(plan), fold_note),
     "factorise-dense": Action(lambda rewriter, plan: rewriter.factorise(plan), factorise_note),
+    "tucker2-conv": Action(lambda rewriter, plan: rewriter.factorise_conv(plan), conv_factorise_note),
+    "separable-conv": Action(lambda rewriter, plan: rewriter.factorise_conv(plan), conv_factorise_note),
+    "merge-linear-chain": Action(lambda rewriter, plan: rewriter.merge_chain(plan), merge_note),
 }
 
 

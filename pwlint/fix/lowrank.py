@@ -8,6 +8,7 @@ own format.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +27,16 @@ def choose_rank(singular: np.ndarray, rows: int, cols: int, plan: FactorisePlan)
         return int(min(rank, len(singular)))
     energy = np.cumsum(singular**2) / np.sum(singular**2)
     return int(np.searchsorted(energy, plan.energy - 1e-12) + 1)
+
+
+def round_rank(rank: int, multiple_of: int, most: int, below_break_even: Callable[[int], bool]) -> int:
+    """``rank`` rounded up to a multiple of ``multiple_of`` (accelerators pad channel
+    counts to such multiples, so the extra rank costs little and buys accuracy), when that
+    stays at most ``most`` and ``below_break_even``; else ``rank`` as it is."""
+    if multiple_of <= 1:
+        return rank
+    rounded = -(-rank // multiple_of) * multiple_of
+    return rounded if rounded <= most and below_break_even(rounded) else rank
 
 
 @dataclass
@@ -52,6 +63,8 @@ def factorise(weight: np.ndarray, plan: FactorisePlan) -> LowRank:
             f"rank {rank} is needed for the requested accuracy, and two factors of that rank "
             f"are no smaller than the {rows}x{cols} layer"
         )
+    if not plan.target_params:  # a parameter budget is a ceiling: never round past it
+        rank = round_rank(rank, plan.multiple_of, len(s), lambda r: r * (rows + cols) < rows * cols)
     root = np.sqrt(s[:rank])
     first = u[:, :rank] * root
     second = root[:, None] * vt[:rank]

@@ -132,15 +132,71 @@ class FactorisePlan(Plan):
     actions: ClassVar[tuple[str, ...]] = ("factorise-dense",)
     action: ClassVar[str] = "factorise-dense"
 
+    #: a dense layer, or a pointwise conv (1x1 kernel, groups 1), which splits into two
+    #: 1x1 convs (a pointwise bottleneck) exactly as a dense layer splits into two
     dense: str
     energy: float = 0.9
     target_params: int | None = None
+    #: the rank is rounded up to a multiple of this when that stays below break-even
+    #: (accelerators pad channel counts to such multiples anyway)
+    multiple_of: int = 8
 
     def layers(self) -> tuple[str, ...]:
         return (self.dense,)
 
 
-PLAN_TYPES: tuple[type[Plan], ...] = (HeadPlan, FoldBiasPlan, FactorisePlan)
+@dataclass(frozen=True)
+class ConvFactorisePlan(Plan):
+    """PW005: a KxK convolution (K >= 3, groups 1) rewritten from pointwise convs
+    (see :mod:`pwlint.fix.convsplit`).
+
+    ``method="tucker2"`` (``tucker2-conv``): pointwise Cin -> R1, KxK R1 -> R2 (the conv's
+    stride, padding and dilation), pointwise R2 -> Cout (the bias), ranks by ``energy``.
+    ``method="separable"`` (``separable-conv``): depthwise KxK (stride, padding,
+    dilation), then pointwise Cin -> Cout (the bias).
+    """
+
+    actions: ClassVar[tuple[str, ...]] = ("tucker2-conv", "separable-conv")
+
+    conv: str
+    method: Literal["tucker2", "separable"] = "tucker2"
+    energy: float = 0.9
+    multiple_of: int = 8
+
+    @property
+    def action(self) -> str:
+        return self.actions[self.method == "separable"]
+
+    def layers(self) -> tuple[str, ...]:
+        return (self.conv,)
+
+
+@dataclass(frozen=True)
+class MergeChainPlan(Plan):
+    """PW006: two linear layers with nothing non-linear between them merged into one
+    (see :func:`pwlint.fix.merge.merge_linear`): ``first`` is a dense layer or a conv,
+    ``second`` a dense layer or a pointwise conv reading it through ``between``, every
+    layer between the two in order: layers that keep values as they are (Dropout,
+    Identity, reshapes that keep the channel axis the second layer reads) and at most
+    one BatchNorm in eval form, ``norm`` (also in ``between``), folded into ``first``
+    before the merge."""
+
+    actions: ClassVar[tuple[str, ...]] = ("merge-linear-chain",)
+    action: ClassVar[str] = "merge-linear-chain"
+
+    first: str
+    second: str
+    between: tuple[str, ...] = ()
+    norm: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "between", tuple(self.between))
+
+    def layers(self) -> tuple[str, ...]:
+        return (self.first, *self.between, self.second)
+
+
+PLAN_TYPES: tuple[type[Plan], ...] = (HeadPlan, FoldBiasPlan, FactorisePlan, ConvFactorisePlan, MergeChainPlan)
 
 
 def plan_for(action: str, plan: Plan | dict) -> Plan:
@@ -158,6 +214,8 @@ def plan_for(action: str, plan: Plan | dict) -> Plan:
             values = {k: v for k, v in plan.items() if k in names}
             if kind is HeadPlan:
                 values["kind"] = "pool" if action == "pool-pointwise-head" else "conv"
+            if kind is ConvFactorisePlan:
+                values["method"] = "separable" if action == "separable-conv" else "tucker2"
             try:
                 return kind(**values)
             except TypeError as exc:
