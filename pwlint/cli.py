@@ -25,20 +25,104 @@ SEVERITIES = ("info", "warning", "error")
 DIFF_FORMATS = ("text", "markdown", "json")
 
 
+#: distributions whose versions ``pwlint --version`` lists, for bug reports: (name shown,
+#: the distributions that provide it, first found wins)
+FRAMEWORK_DISTRIBUTIONS = (
+    ("onnx", ("onnx",)),
+    ("onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-silicon")),
+    ("keras", ("keras",)),
+    ("torch", ("torch",)),
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
-        sys.stderr.write(f"pwlint: error: {message} (see 'pwlint --help')\n")
+        # each command's parser points at its own help, which lists its options
+        sys.stderr.write(f"pwlint: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
 
 
+class _TopLevelParser(_Parser):
+    """``pwlint --help``: the commands, then check's options, since ``pwlint FILE...`` is
+    ``pwlint check FILE...`` (as in ruff) and most readers want those."""
+
+    check_parser: argparse.ArgumentParser
+    commands_action: argparse.Action
+
+    def format_help(self) -> str:
+        formatter = self._get_formatter()
+        formatter.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
+        formatter.add_text(self.description)
+        self._section(formatter, "commands", self.commands_action._get_subactions())
+        check = self.check_parser
+        self._section(
+            formatter, "options of check (the default command; the same as 'pwlint check --help')",
+            [action for action in check._actions if action.option_strings and not isinstance(action, argparse._HelpAction)],
+        )
+        self._section(formatter, "other options", [action for action in self._actions if action.option_strings])
+        formatter.add_text(
+            "Exit codes: 0 clean, 1 findings at or above --fail-on, 2 usage, configuration or load error. "
+            "Each command's options: pwlint COMMAND --help."
+        )
+        return formatter.format_help()
+
+    @staticmethod
+    def _section(formatter, title: str, actions) -> None:
+        formatter.start_section(title)
+        formatter.add_arguments(actions)
+        formatter.end_section()
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: pwlint's, then Python's and the frameworks' found, one per line.
+    Versions are read from the installed distributions' metadata: nothing is imported."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(version_report())
+        parser.exit()
+
+
+def version_report() -> str:
+    """``pwlint 0.1.0`` then ``python 3.11.9 (CPython, Linux x86_64)`` and one line per
+    framework: its version, or ``not installed``."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = [
+        f"pwlint {__version__}",
+        f"python {platform.python_version()} ({platform.python_implementation()}, {platform.system()} {platform.machine()})",
+    ]
+    for shown, distributions in FRAMEWORK_DISTRIBUTIONS:
+        found = "not installed"
+        for distribution in distributions:
+            try:
+                found = version(distribution)
+            except PackageNotFoundError:
+                continue
+            if distribution != shown:
+                found += f" ({distribution})"
+            break
+        lines.append(f"{shown} {found}")
+    return "\n".join(lines) + "\n"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = _TopLevelParser(
         prog="pwlint",
+        usage=(
+            "pwlint [check] [OPTIONS] PATH...\n"
+            "       pwlint diff OLD NEW | pwlint diff --git REV [PATH...]\n"
+            "       pwlint rule CODE | pwlint rules | pwlint plugins | pwlint --version"
+        ),
         description="Lint neural-network models: Flatten+Dense heads, oversized dense layers, missing normalisation.",
-        epilog="Commands: check (default), diff OLD NEW, rule CODE, rules, plugins. Exit codes: 0 clean, 1 findings, 2 error.",
+        epilog=None,
     )
-    parser.add_argument("--version", action="version", version=f"pwlint {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    parser.add_argument("--version", action=_VersionAction, help="show pwlint's version and those of Python, onnx, onnxruntime, keras and torch found, and exit")
+    # prog: the commands' usage and errors say `pwlint diff`, not the top-level usage
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, title="commands", metavar="", prog="pwlint")
 
     check = sub.add_parser("check", help="lint model files and folders (the default command)")
     check.add_argument("paths", nargs="+", metavar="PATH", help="model files or folders, or pkg.module:name (a model your code defines: runs your code)")
@@ -73,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_diff_arguments(sub.add_parser("diff", help="compare two versions of a model: findings, parameters, MACs, file size"))
     parser.check_parser = check
+    parser.commands_action = sub
+    parser.commands = sub.choices
     return parser
 
 
@@ -119,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         # intermixed, so that options may come between paths: pwlint a.onnx --select PW001 b.onnx
         args = parser.check_parser.parse_intermixed_args(argv[1:])
         args.command = "check"
+    elif argv and argv[0] in COMMANDS:
+        # the command's own parser, so that its errors point at the help that lists its options
+        args = parser.commands[argv[0]].parse_args(argv[1:])
+        args.command = argv[0]
     else:
         args = parser.parse_args(argv)
     if args.command is None:
