@@ -23,7 +23,29 @@ if TYPE_CHECKING:
 CONFIG_FILES = ("pwlint.toml", "pyproject.toml")
 
 
-class FileSettings(LazyModel):
+class NamesKeysOnError:
+    """Mixin for a :class:`LazyModel`: a validation error it raises carries the model's keys
+    as written in configuration files (``known_keys``), so that
+    :func:`describe_validation_error` can suggest the key a misspelt one meant.
+
+    A mixin rather than a method of the model: a LazyModel's own namespace is copied into
+    the pydantic model it builds, whereas a base that is not a LazyModel stays a base of it."""
+
+    @classmethod
+    def model_validate(cls, values, *args, **kwargs):
+        try:
+            return super().model_validate(values, *args, **kwargs)  # type: ignore[misc]
+        except ValueError as exc:  # pydantic's ValidationError
+            if not hasattr(exc, "known_keys"):
+                names = cls.__dict__.get("_field_names") or tuple(getattr(cls, "model_fields", ()))
+                try:
+                    exc.known_keys = tuple(name.replace("_", "-") for name in names)  # type: ignore[attr-defined]
+                except AttributeError:  # an exception that takes no attributes: no suggestion
+                    pass
+            raise
+
+
+class FileSettings(NamesKeysOnError, LazyModel):
     """The keys of ``[tool.pwlint]`` (validated by pydantic only when a file sets some)."""
 
     select: list[str] = ["ALL"]
@@ -67,22 +89,44 @@ def describe_validation_error(error: ValidationError, table: str, unknown: str =
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(table)"
     if first["type"] == "extra_forbidden":
-        return f"{table}: unknown {unknown} '{key}'"
+        known = list(getattr(error, "known_keys", ()))
+        if unknown == "option":
+            known.append("severity")  # every [rules.CODE] table takes it besides the rule's options
+        return f"{table}: unknown {unknown} '{key}'{did_you_mean(key, known)}"
     return f"{table}: invalid value for '{key}': {first['msg']}"
 
 
-def read_config_file(path: Path) -> tuple[FileSettings, bool]:
-    """The settings in one file, and whether it had a pwlint section at all."""
+def did_you_mean(key: str, known) -> str:
+    """`` (did you mean 'select'?)`` for a key close to a known one (difflib's measure,
+    snake_case read as kebab-case), else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(key.replace("_", "-").lower(), list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def read_config_file(path: Path, explicit: bool = False) -> tuple[FileSettings, bool]:
+    """The settings in one file, and whether it had a pwlint section at all.
+
+    A ``pyproject.toml``, or any file with a ``[tool]`` table (``--config ci/pp.toml``),
+    is read from its ``[tool.pwlint]`` table; any other file (``pwlint.toml``) holds the
+    keys at its top level. A file named by ``--config`` (``explicit``) without the table
+    it should have is an error, not silently the defaults; so is a ``pwlint.toml`` with a
+    ``[tool]`` table but no ``[tool.pwlint]``."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    if path.name == "pyproject.toml":
-        section = data.get("tool", {}).get("pwlint")
+    if path.name == "pyproject.toml" or isinstance(data.get("tool"), dict):
+        section = data.get("tool", {}).get("pwlint") if isinstance(data.get("tool"), dict) else None
         table = f"{path}: [tool.pwlint]"
         if section is None:
+            # a pyproject.toml found by the search configures other tools; any other file
+            # (named by --config, or a pwlint.toml) is there to configure pwlint
+            if explicit or path.name != "pyproject.toml":
+                raise ConfigError(f"{path}: has no [tool.pwlint] table (a pwlint.toml holds the keys at its top level)")
             return FileSettings.model_validate({}), False
     else:
         section, table = data, str(path)
@@ -186,7 +230,7 @@ class ConfigResolver:
     def _settings(self, config: Path | None) -> Settings:
         file_settings = FileSettings.model_validate({})
         if config is not None:
-            file_settings, _ = read_config_file(config)
+            file_settings, _ = read_config_file(config, explicit=config == self.fixed)
         return overridden(
             file_settings, self.overrides,
             root=(config.parent if config else Path(os.getcwd())), source=str(config) if config else None,

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from pwlint.config import NamesKeysOnError
 from pwlint.findings import Finding, Severity
 from pwlint.ir import ModelGraph
 from pwlint.lazy_model import LazyModel, option
@@ -22,7 +23,7 @@ FIX_KINDS = ("safe", "unsafe")
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
-class RuleOptions(LazyModel):
+class RuleOptions(NamesKeysOnError, LazyModel):
     """Base class of a rule's options, declared as on a pydantic model (``option()`` for
     a description or constraints); keys are written in kebab-case in config files.
     Validated by pydantic only when the configuration sets some."""

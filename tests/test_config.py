@@ -387,3 +387,66 @@ def test_fail_on_flag_is_the_same_for_check_and_diff(model, project, cnn_file, c
     models = [str(model)] if command == "check" else [str(clean), str(model)]
     assert run_inprocess(command, *models).code == 1  # PW001 and PW004 are warnings
     assert run_inprocess(command, *models, "--fail-on", "error").code == 0
+
+
+# --config FILE: a pyproject-style file or a pwlint.toml; misspelt keys get a suggestion --
+
+def test_explicit_config_under_any_name_reads_its_tool_pwlint_table(model, tmp_path):
+    """`--config ci/pp.toml` holding `[tool.pwlint]` is read from that table (it was
+    "unknown key 'tool'"): a file with a [tool] table is pyproject-style, whatever its name."""
+    config = write(tmp_path / "ci" / "pp.toml", """
+        [project]
+        name = "models"
+
+        [tool.pwlint]
+        ignore = ["PW004"]
+    """)
+    assert codes(lint(model, "--config", str(config))) == ["PW001"]
+
+
+def test_explicit_pyproject_without_a_pwlint_table_is_one_line(pwlint, model, tmp_path):
+    config = write(tmp_path / "ci" / "pyproject.toml", '[project]\nname = "models"\n\n[tool.black]\nline-length = 100\n')
+    line = one_line_error(pwlint(str(model), "--config", str(config)))
+    assert line == f"pwlint: error: {config}: has no [tool.pwlint] table (a pwlint.toml holds the keys at its top level)"
+
+
+def test_explicit_toml_with_another_tools_table_is_one_line(pwlint, model, tmp_path):
+    config = write(tmp_path / "ci" / "tools.toml", '[tool.ruff]\nline-length = 100\n')
+    line = one_line_error(pwlint(str(model), "--config", str(config)))
+    assert str(config) in line and "no [tool.pwlint] table" in line
+
+
+def test_pwlint_toml_may_also_use_a_tool_pwlint_table(model):
+    pwlint_toml(model.parent, '[tool.pwlint]\nselect = ["PW004"]\n')
+    assert codes(lint(model)) == ["PW004"]
+
+
+@pytest.mark.parametrize(
+    "where, body, message",
+    [
+        ("pwlint.toml", 'selekt = ["PW001"]', "unknown key 'selekt' (did you mean 'select'?)"),
+        ("pwlint.toml", 'fail_onn = "error"', "unknown key 'fail_onn' (did you mean 'fail-on'?)"),
+        ("pwlint.toml", '[per-file-ignore]\n"*.onnx" = ["PW001"]', "unknown key 'per-file-ignore' (did you mean 'per-file-ignores'?)"),
+        ("pyproject.toml", '[tool.pwlint]\nignor = ["PW001"]', "[tool.pwlint]: unknown key 'ignor' (did you mean 'ignore'?)"),
+        ("pwlint.toml", '[rules.PW002]\nmax-parms = 10', "[rules.PW002]: unknown option 'max-parms' (did you mean 'max-params'?)"),
+        ("pwlint.toml", '[rules.PW002]\nsvd_energie = 0.5', "[rules.PW002]: unknown option 'svd_energie' (did you mean 'svd-energy'?)"),
+        ("pwlint.toml", '[rules.PW001]\nsevrity = "error"', "[rules.PW001]: unknown option 'sevrity' (did you mean 'severity'?)"),
+    ],
+)
+def test_misspelt_key_gets_did_you_mean(pwlint, model, project, where, body, message):
+    config = write(project / where, body)
+    line = one_line_error(pwlint(str(model)))
+    assert line.startswith(f"pwlint: error: {config}: ")
+    assert line.endswith(message)
+
+
+def test_unrelated_key_gets_no_suggestion(pwlint, model, project):
+    pwlint_toml(project, "colour = true")
+    line = one_line_error(pwlint(str(model)))
+    assert line.endswith("unknown key 'colour'")
+
+
+def test_did_you_mean_through_explicit_config(pwlint, model, tmp_path):
+    config = write(tmp_path / "ci" / "pp.toml", '[tool.pwlint]\nselct = ["PW001"]\n')
+    line = one_line_error(pwlint(str(model), "--config", str(config)))
+    assert line == f"pwlint: error: {config}: [tool.pwlint]: unknown key 'selct' (did you mean 'select'?)"
