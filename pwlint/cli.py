@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--select", action="append", metavar="CODES", help="rule codes, prefixes or names to enable (comma-separated); replaces the configured select")
     check.add_argument("--ignore", action="append", metavar="CODES", help="rule codes, prefixes or names to disable (comma-separated); added to the configured ignore")
     check.add_argument("--format", default="text", metavar="FORMAT", help="output format: text (default), json, concise, github, junit or sarif")
-    check.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
+    check.add_argument("--config", metavar="FILE", help="use this file's [tool.pwlint] table (a pyproject.toml) or top-level keys (a pwlint.toml) instead of searching for one")
     check.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that makes the exit code 1 (default: warning)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings (errors still exit 2)")
     check.add_argument("--output-file", metavar="FILE", help="write the report to FILE instead of standard output (also -o FILE when not fixing)")
@@ -188,7 +188,7 @@ def _add_diff_arguments(parser) -> None:
     parser.add_argument("-o", "--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
     parser.add_argument("--select", action="append", metavar="CODES", help="rule codes, prefixes or names to enable, as for check")
     parser.add_argument("--ignore", action="append", metavar="CODES", help="rule codes, prefixes or names to disable, as for check")
-    parser.add_argument("--config", metavar="FILE", help="use this pyproject.toml or pwlint.toml instead of searching for one")
+    parser.add_argument("--config", metavar="FILE", help="use this file's [tool.pwlint] table (a pyproject.toml) or top-level keys (a pwlint.toml), as for check")
     parser.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity of a new finding that makes the exit code 1 (default: warning)")
     parser.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are new findings (errors still exit 2)")
     parser.add_argument("--allow-missing-weights", action="store_true", help="compare models whose weights are not there from their shapes alone, as for check")
@@ -256,9 +256,16 @@ def _check(registry, args) -> int:
     reporter = registry.reporters.get(args.format)
     if reporter is None:
         raise PwlintError(f"unknown format '{args.format}' (known: {', '.join(registry.reporters)})")
-    linter = _linter(registry, args, _fix_mode(args))
+    fix_mode = _fix_mode(args)
+    linter = _linter(registry, args, fix_mode)
     if args.output and len(linter.files(args.paths)) != 1:
         raise PwlintError("-o/--output takes exactly one model to fix")
+    if fix_mode is not None:
+        from pwlint.fix import preflight
+        from pwlint.targets import is_code_target
+
+        # before any model is read: a bad -o or a missing extra is one line, not a wasted lint
+        preflight.check(linter, [path for path in args.paths if not is_code_target(path)], fix_mode)
     result = _lint(linter, args)
     for file in result.errors:
         sys.stderr.write(f"pwlint: error: {file.error}\n")
@@ -271,6 +278,13 @@ def _check(registry, args) -> int:
         for line in outcome.messages():
             sys.stderr.write(f"pwlint: {line}\n")
     _report(reporter, result, args)
+    if fix_mode is not None:
+        from pwlint.fix import preflight
+
+        for file in result.files:  # a model to be written that was not: one line each, why
+            line = preflight.outcome_line(file.fix, fix_mode) if file.fix is not None else None
+            if line:
+                sys.stderr.write(f"pwlint: {line}\n")
     return result.exit_code(exit_zero=args.exit_zero)
 
 
@@ -280,6 +294,12 @@ def _fix_mode(args):
     names the report file, as ruff's does."""
     from pwlint.errors import PwlintError
 
+    if args.output and args.diff:
+        # -o names the fixed model, and --diff writes none: taking -o as the report file
+        # instead would put a report where the user meant a model to go
+        raise PwlintError("-o names the fixed model and --diff writes none: drop -o (--output-file FILE writes the report)")
+    if args.unsafe_fixes and not (args.fix or args.diff):
+        sys.stderr.write("pwlint: warning: --unsafe-fixes has no effect without --fix or --diff\n")
     if args.output and not (args.fix or args.diff):
         # ruff's -o: without --fix there is no model to write, so -o names the report
         if args.output_file:
@@ -292,7 +312,7 @@ def _fix_mode(args):
 
         return FixMode(unsafe=args.unsafe_fixes, verify=not args.no_verify, diff=args.diff, output=args.output)
     if args.no_verify:
-        raise PwlintError("--no-verify only makes sense with --fix")
+        raise PwlintError("--no-verify only makes sense with --fix or --diff")
     return None
 
 
@@ -307,8 +327,9 @@ def _linter(registry, args, fix_mode):
 
 
 def _lint(linter, args):
-    """Lint the paths, with a progress line on a terminal; a run that found no model
-    file at all is an error, not a clean pass."""
+    """Lint the paths, with a progress line on a terminal. Folders that hold no model
+    file are a warning (exit 0, as in ruff), or an error explaining the model-like files
+    they hold that pwlint does not read (:mod:`pwlint.nothing_found`)."""
     from pwlint.errors import PwlintError
 
     from pwlint.targets import is_code_target
@@ -323,9 +344,12 @@ def _lint(linter, args):
         result = linter.lint_paths(args.paths, progress=progress, jobs=jobs)
     if progress is not None and progress.shown:
         sys.stderr.write("\r\x1b[K")  # the report starts on a clean line
-    if not result.files:
-        suffixes = ", ".join(linter.registry.suffixes)
-        raise PwlintError(f"no model files found in {', '.join(args.paths)} (pwlint reads {suffixes})")
+    if not result.files:  # only folders were given (a named file is always a result)
+        from pwlint.engine import SKIPPED_DIRS
+        from pwlint.nothing_found import explain
+
+        searched = tuple(dict.fromkeys(linter.registry.discovered_suffixes))
+        sys.stderr.write(f"pwlint: warning: {explain(args.paths, searched, SKIPPED_DIRS)}\n")
     return result
 
 
