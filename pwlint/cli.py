@@ -329,7 +329,8 @@ def _lint(linter, args):
         from pwlint.nothing_found import explain
 
         searched = tuple(dict.fromkeys(linter.registry.discovered_suffixes))
-        sys.stderr.write(f"pwlint: warning: {explain(args.paths, searched, SKIPPED_DIRS)}\n")
+        named_like_models = tuple(linter.registry.suffixes)
+        sys.stderr.write(f"pwlint: warning: {explain(args.paths, searched, SKIPPED_DIRS, named_like_models)}\n")
     return result
 
 

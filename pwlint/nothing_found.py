@@ -45,9 +45,15 @@ TORCH_LIKE = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 SHOWN = 3
 
 
-def explain(paths: list[str], searched: tuple[str, ...], skip_dirs) -> str | None:
+def explain(paths: list[str], searched: tuple[str, ...], skip_dirs, model_suffixes: tuple[str, ...] = ()) -> str:
     """The warning for folders that hold nothing to lint (returned), or a
-    :class:`PwlintError` naming the files found that pwlint does not read and why."""
+    :class:`PwlintError` naming the files found that pwlint does not read and why.
+
+    A folder named like a model file (``model.onnx/``) is an error too: the user took
+    it for the model."""
+    for path in paths:
+        if os.path.isdir(path) and path.rstrip("/\\").lower().endswith(model_suffixes):
+            raise PwlintError(f"{path}: a folder, not a model file, and no model files were found in it")
     reasons: dict[str, list[str]] = {}
     for path in _files_under(paths, skip_dirs):
         reason = _why_not_read(path)
