@@ -28,11 +28,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from pwlint.errors import FixNotApplicable
-from pwlint.fix.actions import Factorised
+from pwlint.fix.actions import ConvFactorised, Factorised, Merged
 from pwlint.fix.fold import folded_mean
 from pwlint.fix.head import head_kernels
 from pwlint.fix.lowrank import as_written, factorise
-from pwlint.fix.plans import FactorisePlan, FoldBiasPlan, HeadPlan, flatten_order
+from pwlint.fix.plans import ConvFactorisePlan, FactorisePlan, FoldBiasPlan, HeadPlan, MergeChainPlan, flatten_order
+from pwlint.formats.keras import fix_convs, fix_merge
+from pwlint.formats.keras.fix_layers import is_conv
 from pwlint.ir import ModelGraph, unique_name
 
 #: classes of the layers that may sit in a head between the flatten and the dense
@@ -509,8 +511,10 @@ class KerasRewriter:
         edit, keras = self.edit, self.edit.keras
         container, (name,) = edit.locate([plan.dense])
         entry = container.entry(name)
+        if is_conv(entry):  # two convs: the conv's geometry, then 1x1 (see fix_convs)
+            return fix_convs.factorise_conv_matrix(edit, plan)
         if entry.get("class_name") != "Dense":
-            raise FixNotApplicable(f"'{plan.dense}' is a {entry.get('class_name')}, not a Dense layer")
+            raise FixNotApplicable(f"'{plan.dense}' is a {entry.get('class_name')}, not a Dense layer or a conv")
         config = entry["config"]
         if config.get("quantization_config") or config.get("lora_rank"):
             raise FixNotApplicable(f"'{plan.dense}' is quantised or has LoRA weights")
@@ -544,3 +548,10 @@ class KerasRewriter:
             second_values.append(values[_weight(layer, "bias")])
         edit.weights[container.prefix + (second_name,)] = second_values
         return Factorised(rows, cols, low)
+
+    # PW005 and PW006 (see fix_convs and fix_merge) --------------------------------------------
+    def factorise_conv(self, plan: ConvFactorisePlan) -> ConvFactorised:
+        return fix_convs.split_conv(self.edit, plan)
+
+    def merge_chain(self, plan: MergeChainPlan) -> Merged:
+        return fix_merge.merge_chain(self.edit, plan)
