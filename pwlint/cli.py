@@ -256,9 +256,16 @@ def _check(registry, args) -> int:
     reporter = registry.reporters.get(args.format)
     if reporter is None:
         raise PwlintError(f"unknown format '{args.format}' (known: {', '.join(registry.reporters)})")
-    linter = _linter(registry, args, _fix_mode(args))
+    fix_mode = _fix_mode(args)
+    linter = _linter(registry, args, fix_mode)
     if args.output and len(linter.files(args.paths)) != 1:
         raise PwlintError("-o/--output takes exactly one model to fix")
+    if fix_mode is not None:
+        from pwlint.fix import preflight
+        from pwlint.targets import is_code_target
+
+        # before any model is read: a bad -o or a missing extra is one line, not a wasted lint
+        preflight.check(linter, [path for path in args.paths if not is_code_target(path)], fix_mode)
     result = _lint(linter, args)
     for file in result.errors:
         sys.stderr.write(f"pwlint: error: {file.error}\n")
@@ -271,6 +278,13 @@ def _check(registry, args) -> int:
         for line in outcome.messages():
             sys.stderr.write(f"pwlint: {line}\n")
     _report(reporter, result, args)
+    if fix_mode is not None:
+        from pwlint.fix import preflight
+
+        for file in result.files:  # a model to be written that was not: one line each, why
+            line = preflight.outcome_line(file.fix, fix_mode) if file.fix is not None else None
+            if line:
+                sys.stderr.write(f"pwlint: {line}\n")
     return result.exit_code(exit_zero=args.exit_zero)
 
 
@@ -280,6 +294,12 @@ def _fix_mode(args):
     names the report file, as ruff's does."""
     from pwlint.errors import PwlintError
 
+    if args.output and args.diff:
+        # -o names the fixed model, and --diff writes none: taking -o as the report file
+        # instead would put a report where the user meant a model to go
+        raise PwlintError("-o names the fixed model and --diff writes none: drop -o (--output-file FILE writes the report)")
+    if args.unsafe_fixes and not (args.fix or args.diff):
+        sys.stderr.write("pwlint: warning: --unsafe-fixes has no effect without --fix or --diff\n")
     if args.output and not (args.fix or args.diff):
         # ruff's -o: without --fix there is no model to write, so -o names the report
         if args.output_file:
@@ -292,7 +312,7 @@ def _fix_mode(args):
 
         return FixMode(unsafe=args.unsafe_fixes, verify=not args.no_verify, diff=args.diff, output=args.output)
     if args.no_verify:
-        raise PwlintError("--no-verify only makes sense with --fix")
+        raise PwlintError("--no-verify only makes sense with --fix or --diff")
     return None
 
 

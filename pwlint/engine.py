@@ -312,7 +312,7 @@ class Linter:
         try:
             file_result.findings = self.check_graph(graph, path, settings, file_result.checked_codes)
             if self.fix_mode is not None:
-                self._fix(file_result, loader.name, settings)
+                self._fix(file_result, loader.name, settings, graph)
         except PwlintError as exc:
             file_result.error = str(exc)
         return file_result
@@ -407,18 +407,30 @@ class Linter:
                 found.append(finding)
         return found
 
-    def _fix(self, file_result: FileResult, fmt: str, settings: Settings) -> None:
-        from pwlint.fix.rounds import fix_file
+    def _fix(self, file_result: FileResult, fmt: str, settings: Settings, graph: ModelGraph) -> None:
+        from pwlint.fix import needs, write
+        from pwlint.fix.rounds import FixReport, fix_file
 
-        wanted = self.fix_mode.output or any(f.fixes for f in file_result.findings)
-        if not wanted:
-            return
+        mode, path = self.fix_mode, file_result.path
         backend = self.registry.backends.get(fmt)
+        if mode.output:  # the command line checked it before any work; the Python API here
+            write.check_output(mode.output, path, fmt, backend)
+        fixable = any(f.fixes for f in file_result.findings)
+        if not fixable and not mode.output:
+            return  # nothing to do, nothing to say
+        if graph.meta.get("container") == "torchscript":
+            if mode.output:
+                raise PwlintError(f"{path}: {needs.TORCHSCRIPT_NOT_FIXED}")
+            file_result.fix = FixReport(path=path, dry_run=mode.diff, not_written=needs.TORCHSCRIPT_NOT_FIXED)
+            return
+        if not fixable:  # -o names a file, yet there is nothing to write: say so, copy nothing
+            file_result.fix = FixReport(path=path, dry_run=mode.diff, not_written=None if mode.diff else "no finding has a fix")
+            return
         if backend is None:
-            raise PwlintError(f"{file_result.path}: no fix backend for the {fmt} format")
-        path = file_result.path
+            raise PwlintError(f"{path}: no fix backend for the {fmt} format")
+        needs.require([(path, fmt, backend)], mode.verify, "--diff" if mode.diff else "--fix")
         try:
-            report = fix_file(path, backend, lambda graph: self.recheck(graph, path, settings), self.fix_mode, file_result.findings)
+            report = fix_file(path, backend, lambda graph: self.recheck(graph, path, settings), mode, file_result.findings)
         except PwlintError:
             raise
         except (OSError, MemoryError) as exc:

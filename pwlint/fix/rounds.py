@@ -24,6 +24,7 @@ import numpy as np
 
 from pwlint.errors import FixNotApplicable
 from pwlint.findings import Finding, Fix
+from pwlint.fix.write import commit
 from pwlint.ir import ModelGraph
 from pwlint.stats import ModelStats, model_stats
 
@@ -53,6 +54,10 @@ class FixOutcome:
     note: str = ""
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
+    #: why it was not applied, as a word the summary of the file is made from: unsafe,
+    #: unverifiable, rejected (by the checker or the numeric check), blocked (the backend
+    #: cannot carry it out), superseded, error; "" when applied
+    why: str = ""
 
     def to_json(self) -> dict:
         return {
@@ -79,6 +84,10 @@ class FixReport:
     #: what ran the models for verification (onnxruntime, torch, Keras)
     runtime: str = ""
     written: str | None = None
+    #: why nothing was written although a model was to be (no fix applied), or None
+    not_written: str | None = None
+    #: one suggestion for the whole file (``--no-verify`` where it would help), or None
+    hint: str | None = None
     layers_removed: list[str] = field(default_factory=list)
     layers_added: list[str] = field(default_factory=list)
     remaining: list[Finding] = field(default_factory=list)
@@ -99,6 +108,7 @@ class FixReport:
             "after": self._stats(self.after, self.size_after),
             "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
             "verified": self.verified, "dry_run": self.dry_run, "written": self.written,
+            "not_written": self.not_written, "hint": self.hint,
             "layers_removed": self.layers_removed, "layers_added": self.layers_added,
         }
 
@@ -160,8 +170,8 @@ def compare(before: Outputs, after: Outputs) -> tuple[float, float, bool]:
     return worst_abs, worst_rel, close
 
 
-def _outcome(finding: Finding, fix: Fix, applied: bool, note: str) -> FixOutcome:
-    return FixOutcome(finding.code, list(finding.nodes), fix.applicability, fix.description, applied, note)
+def _outcome(finding: Finding, fix: Fix, applied: bool, note: str, why: str = "") -> FixOutcome:
+    return FixOutcome(finding.code, list(finding.nodes), fix.applicability, fix.description, applied, note, why=why)
 
 
 def fix_file(
@@ -184,27 +194,58 @@ def fix_file(
             try:
                 feeds, baseline = backend.run(Path(path))
             except Exception as exc:  # whatever the runtime raised: a candidate's run is judged alike
-                unverifiable = f"cannot verify: {_reason(exc)} (--no-verify applies fixes without the numeric check)"
+                unverifiable = f"cannot verify: {_reason(exc)}"
             else:
                 arrays = named_outputs(baseline).values()
                 if not any(np.isfinite(np.asarray(out, np.float64)).any() for out in arrays if np.size(out)):
                     # nothing to compare: every output is NaN or inf on the sample inputs
-                    unverifiable = (
-                        "cannot verify: the model's outputs are all NaN or inf on random inputs "
-                        "(--no-verify applies fixes without the numeric check)"
-                    )
+                    unverifiable = "cannot verify: the model's outputs are all NaN or inf on random inputs"
         if unverifiable:
             for finding in findings:
                 fix = _chosen(finding, mode)
                 if fix is not None:
-                    blocked = _why_not(fix, mode)
-                    report.outcomes.append(_outcome(finding, fix, False, blocked or unverifiable))
+                    blocked, why = _why_not(fix, mode)
+                    report.outcomes.append(_outcome(finding, fix, False, blocked or unverifiable, why or "unverifiable"))
             report.remaining = findings
-            return report
-        _fix_rounds(session, backend, check, mode, report, feeds, baseline)
+            if any(o.why == "unverifiable" for o in report.outcomes) and edits_without_running(backend):
+                # said once for the file, and only where skipping the run lets the fixes apply
+                report.hint = NO_VERIFY_HINT
+        else:
+            _fix_rounds(session, backend, check, mode, report, feeds, baseline)
     finally:
         session.close()
+    if not report.applied and not mode.diff:
+        report.not_written = why_not_written(report)
     return report
+
+
+NO_VERIFY_HINT = "--no-verify applies fixes without the numeric check"
+#: backends that rewrite a model without running it, so that a model the runtime cannot
+#: run can still be fixed with --no-verify (a backend may say so as
+#: ``edits_without_running``). Keras and torch load the model to rewrite it: a model
+#: they cannot run they cannot rewrite either, and --no-verify would change nothing
+EDITS_WITHOUT_RUNNING = frozenset({"onnx"})
+
+
+def edits_without_running(backend: FixBackend) -> bool:
+    declared = getattr(backend, "edits_without_running", None)
+    return bool(declared) if declared is not None else getattr(backend, "name", "") in EDITS_WITHOUT_RUNNING
+
+
+def why_not_written(report: FixReport) -> str:
+    """Why a fix run changed nothing, in a few words, from its outcomes."""
+    whys = {o.why for o in report.outcomes}
+    if not whys:
+        return "no finding has a fix"
+    if whys == {"unverifiable"}:
+        return next(o.note for o in report.outcomes)
+    if whys == {"unsafe"}:
+        return "its only fixes are unsafe (--unsafe-fixes applies them)"
+    if whys <= {"rejected", "superseded"}:
+        return "every fix failed verification"
+    if "rejected" not in whys:
+        return "no fix could be applied"
+    return "no fix was applied"
 
 
 def _fix_rounds(
@@ -227,20 +268,20 @@ def _fix_rounds(
         for finding, fix in batch:
             graph = session.graph()
             if not all(node in graph for node in finding.nodes):
-                round_outcomes.append(_outcome(finding, fix, False, "superseded by an earlier fix"))
+                round_outcomes.append(_outcome(finding, fix, False, "superseded by an earlier fix", "superseded"))
                 continue
             try:
                 note = session.apply(fix)
             except FixNotApplicable as exc:  # raised before the action changes anything
-                round_outcomes.append(_outcome(finding, fix, False, _reason(exc)))
+                round_outcomes.append(_outcome(finding, fix, False, _reason(exc), "blocked"))
                 continue
             except Exception as exc:  # a bug may leave the model half-edited: drop the round
                 session.revert()
                 why = f"rolled back after an error in another fix: {_reason(exc)}"
                 for outcome in round_outcomes:
                     if outcome.applied:
-                        outcome.applied, outcome.note = False, why
-                round_outcomes.append(_outcome(finding, fix, False, f"error: {type(exc).__name__}: {_reason(exc)}"))
+                        outcome.applied, outcome.note, outcome.why = False, why, "error"
+                round_outcomes.append(_outcome(finding, fix, False, f"error: {type(exc).__name__}: {_reason(exc)}", "error"))
                 continue
             round_outcomes.append(_outcome(finding, fix, True, note))
         applied = [o for o in round_outcomes if o.applied]
@@ -261,9 +302,11 @@ def _fix_rounds(
         report.verified = True
     candidate = session.last_good
     report.size_after = session.file_size(candidate)
-    target = mode.output or (str(session.path) if report.applied else None)
+    # nothing applied, nothing written: not even to -o, where a copy of the input under the
+    # new name would read as a fixed model
+    target = (mode.output or str(session.path)) if report.applied else None
     if target and not mode.diff:
-        session.commit(target)
+        commit(session, target, Path(session.path))
         report.written = target
 
 
@@ -275,10 +318,10 @@ def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, skipped:
         fix = _chosen(finding, mode)
         if fix is None or key in attempted:
             continue
-        why_not = _why_not(fix, mode)
+        why_not, why = _why_not(fix, mode)
         if why_not:
             # reported at the end, and only if the finding is still there then
-            skipped[key] = _outcome(finding, fix, False, why_not)
+            skipped[key] = _outcome(finding, fix, False, why_not, why)
         else:
             candidates.append((finding, fix))
     if not candidates:
@@ -289,12 +332,13 @@ def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, skipped:
     return batch
 
 
-def _why_not(fix: Fix, mode: FixMode) -> str | None:
+def _why_not(fix: Fix, mode: FixMode) -> tuple[str | None, str]:
+    """Why ``fix`` is not even tried (and the kind of reason), or ``(None, "")``."""
     if fix.blocked:
-        return fix.blocked
+        return fix.blocked, "blocked"
     if fix.applicability == "unsafe" and not mode.unsafe:
-        return "unsafe fix: use --unsafe-fixes to apply it"
-    return None
+        return "unsafe fix: use --unsafe-fixes to apply it", "unsafe"
+    return None, ""
 
 
 def _chosen(finding: Finding, mode: FixMode) -> Fix | None:
@@ -345,6 +389,7 @@ def _roll_back(session: FixSession, applied: list[FixOutcome], why: str, current
     for outcome in applied:
         outcome.applied = False
         outcome.note = f"not applied: {why}"
+        outcome.why = "rejected"
     return current
 
 

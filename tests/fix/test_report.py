@@ -9,7 +9,7 @@ from tests.conftest import codes, copy_model, fix_json, lint, run_inprocess
 OUTCOME_KEYS = {"code", "nodes", "applicability", "description", "applied", "note", "max_abs_diff", "max_rel_diff"}
 FIX_KEYS = {
     "applied", "not_applied", "before", "after", "max_abs_diff", "max_rel_diff", "verified", "dry_run",
-    "written", "layers_removed", "layers_added",
+    "written", "not_written", "hint", "layers_removed", "layers_added",
 }
 
 
@@ -32,6 +32,7 @@ def test_json_contract_with_fix(exported, tmp_path):
         assert set(stats) == {"params", "macs", "file_size"}
         assert all(isinstance(v, int) and v > 0 for v in stats.values())
     assert fix["verified"] is True and fix["dry_run"] is False and fix["written"] == str(clean)
+    assert fix["not_written"] is None and fix["hint"] is None
     json.dumps(report, allow_nan=False)  # strict JSON: no NaN or Infinity
 
 
