@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from pwlint.units import percent_change
+
 #: GitHub refuses comments over 65,536 characters; long lists are cut well before that
 MAX_LISTED = 50
 #: lets a CI step find (and replace) its previous comment
@@ -42,8 +44,8 @@ def _change(old: int | None, new: int | None, approximate: bool) -> str:
     if old is None or new is None:
         return MISSING
     delta = new - old
-    percent = f" ({delta / old:+.1%})" if old else ""
-    return f"{'~' if approximate else ''}{delta:+,}{percent}"
+    percent = f" ({percent_change(delta, old)})" if old else ""
+    return f"{'~' if approximate else ''}{delta:+,}{percent}" if delta else f"{'~' if approximate else ''}0{percent}"
 
 
 def _title(diff) -> str:

@@ -23,3 +23,16 @@ def ratio(before: float, after: float) -> str:
         return "n/a"
     value = before / after
     return f"{value:.0f}x" if round(value, 1) >= 10 else f"{value:.1f}x"
+
+
+def percent_change(delta: float, base: float) -> str:
+    """``delta`` as a percentage of ``base`` with one decimal: ``+12.5%``, ``-3.0%``. A change
+    too small to show at that precision is ``+<0.1%`` or ``-<0.1%``, never a signed zero
+    (``-0.0%`` reads as "no change" with a stray sign, and "no change" would be untrue);
+    no change at all is ``0.0%``."""
+    if delta == 0:
+        return "0.0%"
+    value = delta / base * 100
+    shown = f"{abs(value):.1f}"
+    sign = "+" if value > 0 else "-"
+    return f"{sign}<0.1%" if float(shown) == 0 else f"{sign}{shown}%"

@@ -396,3 +396,80 @@ def test_diff_of_a_model_without_its_external_data(models, tmp_path):
     shapes_only = diff_json(models["old"], folder / "m.onnx", "--allow-missing-weights")["models"][0]
     assert codes(shapes_only["new_findings"]) == codes(complete["new_findings"]) == ["PW003"]
     assert shapes_only["after"]["params"] == complete["after"]["params"]
+
+
+# small changes: never a signed zero ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bias_folded(tmp_path_factory):
+    """A CNN with a large dense head (1152 -> 64) whose conv keeps a bias BatchNorm cancels,
+    and the same model after `pwlint --fix --select PW004 -o`: 8 parameters fewer out of
+    about 74k, a change that shows as 0.0% at one decimal."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.normal(size=(8, 3, 3, 3)), "b": rng.normal(size=8),
+        "scale": np.ones(8), "shift": np.zeros(8), "mean": rng.normal(size=8), "var": np.ones(8),
+        "fc_w": rng.normal(size=(64, 8 * 12 * 12)) * 0.01, "fc_b": np.zeros(64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"], name="bn"),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    folder = tmp_path_factory.mktemp("small")
+    old, new = folder / "old.onnx", folder / "new.onnx"
+    onnx.save(model, old)
+    fixed = run_inprocess("check", str(old), "--fix", "--select", "PW004", "-o", str(new))
+    assert fixed.code == 0 and new.exists(), fixed.err
+    return old, new
+
+
+def test_a_tiny_change_is_not_shown_as_zero(bias_folded):
+    old, new = bias_folded
+    delta = float_params(new) - float_params(old)
+    assert delta == -8 and abs(delta / float_params(old)) < 0.0005  # rounds to 0.0% at one decimal
+    run = run_inprocess("diff", str(old), str(new))
+    assert run.code == 0, run.err
+    params_line = next(line for line in run.out.splitlines() if line.strip().startswith("parameters"))
+    assert params_line.endswith(f"{delta:+,} (-<0.1%)")
+    assert "0.0%)" not in params_line
+    size_line = next(line for line in run.out.splitlines() if line.strip().startswith("file size"))
+    size_delta = os.path.getsize(new) - os.path.getsize(old)
+    assert size_delta < 0 and size_line.endswith(f"{size_delta:+,} (-<0.1%)")
+    # an unchanged figure is an unsigned zero
+    macs_line = next(line for line in run.out.splitlines() if line.strip().startswith("MACs"))
+    assert macs_line.endswith("  0 (0.0%)")
+    assert "-0.0%" not in run.out and "+0.0%" not in run.out and "+0 " not in run.out
+
+
+def test_markdown_shows_a_tiny_change_the_same_way(bias_folded):
+    old, new = bias_folded
+    run = run_inprocess("diff", str(old), str(new), "--format", "markdown")
+    rows = table(run.out)
+    assert rows["Parameters"][2] == "-8 (-<0.1%)"
+    assert rows["MACs"][2] == "0 (0.0%)"
+
+
+@pytest.mark.parametrize("delta, base, shown", [
+    (-8, 74_000, "-<0.1%"), (8, 74_000, "+<0.1%"), (0, 74_000, "0.0%"),
+    (-36, 74_000, "-<0.1%"),   # -0.0486%: rounds to 0.0 at one decimal
+    (-38, 74_000, "-0.1%"),    # -0.0514%
+    (1, 2000, "+0.1%"), (-1, 3, "-33.3%"), (250, 100, "+250.0%"),
+])
+def test_percent_change_at_the_rounding_boundary(delta, base, shown):
+    from pwlint.units import percent_change
+
+    assert percent_change(delta, base) == shown
