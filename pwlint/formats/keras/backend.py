@@ -1,11 +1,14 @@
 """The Keras fix backend: rewrites ``.keras`` (and legacy ``.h5``) models with Keras
-itself, checks each candidate by loading it back, runs models for verification
+itself, checks each candidate by building it again, runs models for verification
 and writes atomically.
 
 Keras is imported here only, when a model is fixed or run; ``KERAS_BACKEND``
-defaults to ``torch`` when it is unset and torch is installed. Every model is
-loaded with ``safe_mode=True`` and no custom objects: a Lambda layer's code or a
-custom class is refused, never run (the fix is then reported as not applied).
+defaults to ``torch`` when it is unset and torch is installed. No file, the user's
+or pwlint's own, is opened with ``keras.saving.load_model``: every model is rebuilt
+from pwlint's validated reading of its config and weights
+(:mod:`pwlint.formats.keras.rebuild`). A Lambda layer, a custom object or a class
+pwlint does not know refuses the fix with the reason (reported as not applied;
+linting is unaffected), and nothing from the file runs.
 
 Each state of the model is a file: the source, then one file per applied fix in
 a private ``.pwlint-*`` folder next to the model, written in the source's format
@@ -13,6 +16,12 @@ a private ``.pwlint-*`` folder next to the model, written in the source's format
 with the static Keras loader, so the rules see exactly what would be written.
 The source is never opened for writing; ``commit`` copies the last verified
 file into a temporary file in the target's folder and renames it into place.
+
+The optimizer's state is not kept (a rewritten layer no longer fits its slot
+variables): the written file holds no optimizer variables, and the first applied
+fix of a compiled or trained model says "optimizer state not kept: re-compile
+before training". The compile settings (loss, metrics, optimizer config) are
+carried over as stored, never deserialised by pwlint, when the file keeps its format.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from pwlint.ir import ModelGraph
 
 #: the file types Keras writes, by suffix
 FORMATS = (".keras", ".h5")
+#: what checks a candidate: pwlint's rebuild of it (never keras.saving.load_model)
+CHECKER = "pwlint's validated rebuild (Keras from_config, safe_mode=True)"
 #: how unknown input dimensions (the batch) are bound when running the model
 SYMBOLIC_DIM = 2
 
@@ -80,40 +91,9 @@ def _suffix(path: Path | str) -> str:
     return ".h5" if suffix == ".hdf5" else suffix
 
 
-def _old_keras_version(model_file: Path | str) -> str | None:
-    """The ``keras_version`` an HDF5 file records, when it is older than Keras 2.2 (whose
-    configs Keras 3 can no longer load: bare-list Sequential, Keras 1 classes)."""
-    try:
-        import h5py
-
-        with h5py.File(model_file, "r") as f:
-            version = f.attrs.get("keras_version")
-    except Exception:  # not HDF5 (a .keras zip), or unreadable: no version to tell
-        return None
-    if isinstance(version, bytes):
-        version = version.decode("utf-8", "replace")
-    if not isinstance(version, str):
-        return None
-    parts = version.split(".")
-    try:
-        major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        return None
-    return version if (major, minor) < (2, 2) else None
-
-
-def _keras_reason(exc: BaseException) -> str:
-    """The innermost cause of a Keras deserialisation error, which nests the message of
-    every enclosing model and layer ("... Exception encountered: ...")."""
-    text = str(exc).rpartition("Exception encountered: ")[2].strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    line = line.partition(" Full object config")[0]
-    return line if len(line) <= 240 else line[:237] + "..."
-
-
-#: the last model loaded, keyed by its file's path, size and modification time: the fix
-#: loop loads each file twice in a row (checked, then run; run, then fixed), and a
-#: VGG16-sized model takes seconds to load. Models are only read, never changed.
+#: the last model built, keyed by its file's path, size and modification time: the fix
+#: loop builds each file twice in a row (checked, then run; run, then fixed), and a
+#: VGG16-sized model takes seconds to build. Models are only read, never changed.
 _last_loaded: tuple | None = None
 
 
@@ -123,25 +103,20 @@ def _key(model_file: Path | str) -> tuple:
 
 
 def load_model(keras, model_file: Path | str, fresh: bool = False):
-    """A model file loaded the safe way: no Lambda code, no custom objects, no compile
-    (the optimizer's state is not needed, and a custom loss must not stop a fix).
+    """The model a file holds, rebuilt by pwlint (:func:`pwlint.formats.keras.rebuild.rebuild`):
+    from its validated config and its weights, never with ``keras.saving.load_model``;
+    FixNotApplicable saying why a model is refused. Not compiled: the optimizer's
+    state does not fit rewritten layers, and a compile config is never deserialised.
     ``fresh`` reads the file even when the model is in memory."""
+    from pwlint.formats.keras.rebuild import rebuild
+
     global _last_loaded
     key = _key(model_file)
     if not fresh and _last_loaded is not None and _last_loaded[0] == key:
         return _last_loaded[1]
-    _last_loaded = None  # the old model is not kept alive while the next one loads
-    try:
-        with quiet():
-            model = keras.saving.load_model(str(model_file), compile=False, safe_mode=True)
-    except Exception as exc:
-        old = _old_keras_version(model_file)
-        if old:
-            raise FixNotApplicable(
-                f"Keras 3 cannot load a file written by Keras {old}: open it with that Keras, save it "
-                "again (or export it), and fix the result"
-            ) from exc
-        raise FixNotApplicable(f"Keras cannot load the model safely: {_keras_reason(exc)}") from exc
+    _last_loaded = None  # the old model is not kept alive while the next one is built
+    with quiet():
+        model = rebuild(keras, model_file)
     _last_loaded = (key, model)
     return model
 
@@ -161,52 +136,52 @@ def save_model(keras, model, model_file: Path) -> None:
         model.save(str(model_file))
 
 
+#: what a fix of a compiled or trained model says once, in the fix report and JSON
+OPTIMIZER_NOTE = "optimizer state not kept: re-compile before training"
+
+
 def compile_config(model_file: Path) -> tuple[str, object] | None:
-    """How the source model was compiled, read from the file without Keras, so that
-    the fixed model keeps its loss and metrics (not the optimizer's state, which
-    does not fit the new layers): a ``.keras`` file's ``compile_config`` (a dict), or
-    a legacy ``.h5`` file's ``training_config`` attribute (kept as stored)."""
+    """How the source model was compiled, read from the file without Keras and kept as
+    stored (never deserialised here): a ``.keras`` file's ``compile_config`` (a dict),
+    or a legacy ``.h5`` file's ``training_config`` attribute."""
     try:
         if _suffix(model_file) == ".keras":
             with zipfile.ZipFile(model_file) as archive:
                 config = json.loads(archive.read("config.json"))
-            found = config.get("compile_config")
+            found = config.get("compile_config") if isinstance(config, dict) else None
             return ("keras", found) if found else None
         import h5py
 
         with h5py.File(model_file, "r") as h5:
             found = h5.attrs.get("training_config")
         return None if found is None else ("h5", found)
-    except Exception:  # a config that cannot be read is not kept; the load will tell what is wrong
+    except Exception:  # a config that cannot be read is not kept
         return None
 
 
-def restore_compile(keras, model, compiled: tuple[str, object] | None) -> bool:
-    """Compile ``model`` as the source was; False when Keras cannot (a custom loss, or
-    a legacy training config Keras 3 no longer reads)."""
-    if compiled is None:
-        return True
-    kind, config = compiled
-    try:
-        with quiet():
-            if kind == "keras":
-                model.compile_from_config(config)
-            else:
-                from keras.src.legacy.saving import json_utils, saving_utils
+def carry_compile(model_file: Path, compiled: tuple[str, object] | None) -> None:
+    """Put the source's compile settings, as stored, into a file pwlint wrote from an
+    uncompiled model of the same format: Keras compiles the fixed model with them when
+    it loads it (a fresh optimizer: its old state is gone). Between formats (``.h5`` to
+    ``.keras`` or back) they are not carried: that would need deserialising them."""
+    if compiled is None or compiled[0] != ("keras" if _suffix(model_file) == ".keras" else "h5"):
+        return
+    if compiled[0] == "h5":
+        import h5py
 
-                text = config.decode() if isinstance(config, bytes) else str(config)
-                model.compile(**saving_utils.compile_args_from_training_config(json_utils.decode(text)))
-    except Exception:
-        return False
-    return True
-
-
-def copy_training_config(model_file: Path, compiled: tuple[str, object]) -> None:
-    """Put an ``.h5`` source's training config, as stored, into an ``.h5`` written from it."""
-    import h5py
-
-    with h5py.File(model_file, "r+") as h5:
-        h5.attrs["training_config"] = compiled[1]
+        with h5py.File(model_file, "r+") as h5:
+            h5.attrs["training_config"] = compiled[1]
+        return
+    rewritten = model_file.with_name(model_file.name + ".compile")
+    with zipfile.ZipFile(model_file) as source, zipfile.ZipFile(rewritten, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                config["compile_config"] = compiled[1]
+                data = json.dumps(config).encode()
+            target.writestr(info, data, compress_type=info.compress_type)
+    os.replace(rewritten, model_file)
 
 
 class KerasFixSession:
@@ -221,7 +196,12 @@ class KerasFixSession:
         self.last_good = self.path  # the file holding the last verified state
         self.current = self.path  # the file holding the state the fixes so far made
         self.compiled = compile_config(self.path)
-        self.compile_lost = False
+        from pwlint.formats.keras.rebuild import stored_optimizer
+
+        #: whether the fixes must say the optimizer's state is not kept (a compiled or
+        #: trained source), and whether a round that said so was accepted
+        self.optimizer_dropped = self.compiled is not None or stored_optimizer(self.path)
+        self._optimizer_said = self._optimizer_said_pending = False
         self._count = 0
         self._graphs: dict[Path, ModelGraph] = {}
 
@@ -254,21 +234,17 @@ class KerasFixSession:
         forget_loaded()
         self._count += 1
         state = self.workdir / f"state-{self._count}{self.suffix}"
-        if self.compiled is not None and self.compiled[0] == "h5":
-            save_model(keras, model, state)
-            copy_training_config(state, self.compiled)
-        else:
-            if not restore_compile(keras, model, self.compiled) and not self.compile_lost:
-                self.compile_lost = True
-                note += "; the model's compile settings could not be kept: compile it again before training"
-            save_model(keras, model, state)
+        save_model(keras, model, state)  # uncompiled: no optimizer state is written
+        if self.optimizer_dropped and not (self._optimizer_said or self._optimizer_said_pending):
+            note = f"{note}; {OPTIMIZER_NOTE}" if note else OPTIMIZER_NOTE
+            self._optimizer_said_pending = True  # said by this round; again if it is rolled back
         self.current = state
         remember_loaded(state, model)  # the next fix of the round starts from it
         self._prune()
         return note
 
     def checkpoint(self) -> Path:
-        """The current state's file, once Keras loads it back (safely)."""
+        """The current state's file, once pwlint rebuilds it (validated config, weights set)."""
         keras = import_keras()
         if self.current == self.path:
             return self.path
@@ -277,12 +253,15 @@ class KerasFixSession:
         return self.current
 
     def accept(self, candidate: Path) -> None:
+        self._optimizer_said = self._optimizer_said or self._optimizer_said_pending
+        self._optimizer_said_pending = False
         self.last_good = Path(candidate)
         self.current = self.last_good
         self._prune()
 
     def revert(self) -> None:
         """Back to the last verified state."""
+        self._optimizer_said_pending = False
         self.current = self.last_good
         self._prune()
 
@@ -306,16 +285,19 @@ class KerasFixSession:
         staging = Path(tempfile.mkdtemp(prefix=".pwlint-", dir=destination.resolve().parent))
         try:
             staged = staging / destination.name
-            if wanted == _suffix(source):
+            if source == self.path and wanted == _suffix(source):
+                shutil.copyfile(source, staged)  # nothing applied: the source as it is
+            elif wanted == _suffix(source):
                 shutil.copyfile(source, staged)
+                carry_compile(staged, self.compiled)
             else:
                 keras = import_keras()
                 try:
                     model = load_model(keras, source)
                 except FixNotApplicable as exc:
                     raise PwlintError(f"{target}: {exc}") from exc
-                restore_compile(keras, model, self.compiled)
                 save_model(keras, model, staged)
+                carry_compile(staged, self.compiled)  # only within a format: see carry_compile
             os.replace(staged, destination)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -372,6 +354,6 @@ def run_model(model_file: Path, feeds: dict | None = None, seed: int = 0) -> tup
 
 
 class KerasBackend(FormatBackend):
-    name, label, checker, runtime = "keras", "Keras", "keras.saving.load_model(safe_mode=True)", "Keras"
+    name, label, checker, runtime = "keras", "Keras", CHECKER, "Keras"
     session, run_model = KerasFixSession, staticmethod(run_model)
     head_ranks = (1, 2, 3)  # Keras has Conv1D to Conv3D
