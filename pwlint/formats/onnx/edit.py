@@ -85,6 +85,13 @@ class Editor:
     def consumers(self, tensor: str) -> list[onnx.NodeProto]:
         return [node for node in self.graph.node if tensor in node.input]
 
+    def readers(self, tensor: str) -> int:
+        """How many places read ``tensor``: node inputs (each use), graph outputs and the
+        bodies of If/Loop/Scan. A rewrite that removes its producer needs this to be 1."""
+        uses = sum(list(node.input).count(tensor) for node in self.graph.node)
+        uses += sum(1 for value in self.graph.output if value.name == tensor)
+        return uses + (tensor in _subgraph_inputs(self.graph))
+
     def producer(self, tensor: str) -> onnx.NodeProto | None:
         return next((node for node in self.graph.node if tensor in node.output), None)
 
@@ -130,6 +137,11 @@ class Editor:
             self.graph.initializer.extend(kept_init)
             del self.graph.input[:]
             self.graph.input.extend(graph_inputs)
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes by name, as Python values (strings stay bytes)."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _subgraph_inputs(graph) -> set[str]:

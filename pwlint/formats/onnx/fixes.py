@@ -1,77 +1,35 @@
 """The fix plans carried out on an ONNX ModelProto (see :mod:`pwlint.fix.actions`).
 
 :class:`OnnxRewriter` reads a plan's layers as numpy arrays, lets the shared
-arithmetic (:mod:`pwlint.fix.head`, :mod:`pwlint.fix.fold`, :mod:`pwlint.fix.lowrank`)
-compute the new weights and writes them as ONNX nodes and initializers.
+arithmetic (:mod:`pwlint.fix.head`, :mod:`pwlint.fix.fold`, :mod:`pwlint.fix.lowrank`,
+:mod:`pwlint.fix.convsplit`, :mod:`pwlint.fix.merge`) compute the new weights and writes
+them as ONNX nodes and initializers. Convolutions are rewritten in
+:mod:`pwlint.formats.onnx.fix_convs`, linear chains merged in
+:mod:`pwlint.formats.onnx.fix_merge`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from pwlint.errors import FixNotApplicable
-from pwlint.fix.actions import Factorised
+from pwlint.fix.actions import ConvFactorised, Factorised, Merged
 from pwlint.fix.fold import folded_mean
-from pwlint.fix.head import dense_terms, head_kernels
+from pwlint.fix.head import head_kernels
 from pwlint.fix.lowrank import as_written, factorise
-from pwlint.fix.plans import FactorisePlan, FoldBiasPlan, HeadPlan
+from pwlint.fix.plans import ConvFactorisePlan, FactorisePlan, FoldBiasPlan, HeadPlan, MergeChainPlan
+from pwlint.formats.onnx import fix_convs, fix_merge
 from pwlint.formats.onnx.edit import Editor
-from pwlint.ir import Layer, ModelGraph
+from pwlint.formats.onnx.fix_read import (  # noqa: F401  (numpy_dtype, DenseWeights: read from here)
+    DenseWeights, constant_source, numpy_dtype, read_dense, weight_dtype,
+)
+from pwlint.ir import ModelGraph
 
 
-@dataclass
-class DenseWeights:
-    """A dense layer as ``y = x @ weight + bias`` whatever its ONNX form."""
-
-    nodes: list  # NodeProtos of the layer
-    data_input: str
-    output: str
-    weight: np.ndarray  # [in, out]
-    bias: np.ndarray | None  # [out]
-    #: the initializers holding weight and bias, dropped once read
-    constants: tuple[str, ...] = ()
-
-
-def _dense(editor: Editor, layer: Layer) -> DenseWeights:
-    first = layer.source[0].proto
-    # the layer may also hold the nodes that make its weights (a Cast, an Identity): those
-    # go when nothing reads them any more (Editor.remove_dead)
-    add = next((m.proto for m in layer.source[1:] if m.op == "Add" and first.output[0] in m.proto.input), None)
-    nodes = [first] if add is None else [first, add]
-    if first.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in first.attribute}
-        if attrs.get("transA", 0):
-            raise FixNotApplicable(f"'{layer.name}' is a Gemm with transA=1")
-        weight = editor.array(_constant_source(editor, first.input[1]))
-        weight = weight.T if attrs.get("transB", 0) else weight  # a view: no copy of a big matrix
-        raw = None
-        if len(first.input) > 2 and first.input[2]:
-            raw = editor.array(_constant_source(editor, first.input[2]))
-        weight, bias = dense_terms(weight, raw, layer.name, attrs.get("alpha", 1.0), attrs.get("beta", 1.0))
-        return DenseWeights(nodes, first.input[0], first.output[0], weight, bias, tuple(first.input[1:3]))
-    if first.op_type == "MatMul":
-        weight = editor.array(_constant_source(editor, first.input[1]))
-        raw = None
-        if add is not None:
-            bias_name = next(t for t in add.input if t != first.output[0])
-            raw = editor.array(_constant_source(editor, bias_name))
-        weight, bias = dense_terms(weight, raw, layer.name)
-        constants = (first.input[1], bias_name) if add is not None else (first.input[1],)
-        return DenseWeights(nodes, first.input[0], nodes[-1].output[0], weight, bias, constants)
-    raise FixNotApplicable(f"'{layer.name}' is a {first.op_type}, not a Gemm or MatMul")
-
-
-def _dtype_of(editor: Editor, layer: Layer) -> np.dtype:
-    proto = layer.source[0].proto
-    return numpy_dtype(editor.initializer(_constant_source(editor, proto.input[1])))
-
-
-def numpy_dtype(tensor: onnx.TensorProto) -> np.dtype:
-    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+# the readers live in fix_read (fix_convs and fix_merge share them); the old names stay
+_dense, _dtype_of, _constant_source = read_dense, weight_dtype, constant_source
 
 
 def _conv(editor: Editor, name: str, data: str, output: str, weight: np.ndarray, bias, dtype) -> onnx.NodeProto:
@@ -98,20 +56,6 @@ def _feature_map(editor: Editor, graph: ModelGraph, plan: HeadPlan) -> str:
     if not perm or list(perm[0].ints) != [0, *range(2, rank), 1]:
         raise FixNotApplicable("the channels-last flatten is not fed by an NCHW -> NHWC Transpose")
     return transpose.input[0]
-
-
-def _constant_source(editor: Editor, name: str) -> str:
-    """The initializer behind ``name``, seen through Identity nodes: the legacy torch
-    exporter stores equal weights once (a BatchNorm's zero running mean and zero bias)
-    and gives the other name by an Identity."""
-    seen = set()
-    while editor.initializer(name) is None and name not in seen:
-        seen.add(name)
-        node = editor.producer(name)
-        if node is None or node.op_type != "Identity":
-            break
-        name = node.input[0]
-    return name
 
 
 class OnnxRewriter:
@@ -177,6 +121,8 @@ class OnnxRewriter:
     def factorise(self, plan: FactorisePlan) -> Factorised:
         editor = self.editor
         layer = self.graph.layer(plan.dense)
+        if layer.kind == "conv":  # two convs: the kernel's window on the first, 1x1 on the second
+            return fix_convs.factorise_matrix(editor, layer, plan)
         dense = _dense(editor, layer)
         dtype = _dtype_of(editor, layer)
         rows, cols = dense.weight.shape
@@ -199,3 +145,9 @@ class OnnxRewriter:
         editor.replace_nodes(dense.nodes, nodes)
         editor.remove_dead()
         return Factorised(rows, cols, low)
+
+    def factorise_conv(self, plan: ConvFactorisePlan) -> ConvFactorised:
+        return fix_convs.split_conv(self.editor, self.graph.layer(plan.conv), plan)
+
+    def merge_chain(self, plan: MergeChainPlan) -> Merged:
+        return fix_merge.merge_chain(self.editor, self.graph, plan)
