@@ -24,7 +24,11 @@ Flatten -> Dense(25088 -> 4096) -> Dense(4096 -> 4096) -> Dense(4096 -> 1000)
 GlobalAveragePool -> Dense(512 -> 1000)
 ```
 or a pointwise (1x1 conv) head, or a low-rank factorisation
-Dense(in -> r) -> Dense(r -> out) with r much smaller than in and out.
+Dense(in -> r) -> Dense(r -> out) with r much smaller than in and out (the
+unsafe fix; r rounded up to a multiple of `rank-multiple-of`, which
+accelerators pad channel counts to anyway). A fully-connected convolution
+factorises the same way: a 1x1 conv into two 1x1 convs (a pointwise
+bottleneck), a KxK conv into a KxK conv to r channels then a 1x1 conv.
 """
 
 from __future__ import annotations
@@ -50,9 +54,14 @@ class Options(RuleOptions):
         default=None, gt=0,
         description="unsafe fix: choose the rank so that the two factors have at most this many parameters",
     )
+    rank_multiple_of: int = option(
+        default=8, ge=1,
+        description="unsafe fix: round the rank up to a multiple of this while it stays below break-even "
+        "(never past svd-target-params); 1 keeps the exact rank",
+    )
 
 
-def _fully_connected(layer: Layer) -> tuple[int | None, int | None, str] | None:
+def fully_connected(layer: Layer) -> tuple[int | None, int | None, str] | None:
     """(fan-in, fan-out, what to call it) for a layer that connects every input to every
     output: a dense layer applied once per sample, or a conv whose kernel covers its
     whole input (a convolutionalised head: PW001's safe fix makes these)."""
@@ -69,7 +78,7 @@ def _fully_connected(layer: Layer) -> tuple[int | None, int | None, str] | None:
 
 def check(graph: ModelGraph, options: Options):
     for layer in graph.layers():
-        described = _fully_connected(layer)
+        described = fully_connected(layer)
         if described is None or layer.params <= options.max_params:
             continue
         fan_in, fan_out, what = described
@@ -86,23 +95,45 @@ def check(graph: ModelGraph, options: Options):
         )
 
 
-def _svd_fix(dense, options: Options) -> Fix:
+def _svd_fix(layer: Layer, options: Options) -> Fix:
     target = (
         f"at most {human(options.svd_target_params)} parameters" if options.svd_target_params
         else f"{options.svd_energy:.0%} of the singular-value energy"
     )
     return Fix(
         "unsafe",
-        f"factorise '{dense.label}' into two dense layers by truncated SVD, keeping {target}; "
+        f"factorise '{layer.label}' into {_factors(layer)} by truncated SVD, keeping {target}; "
         "changes outputs (the relative error is reported): fine-tune afterwards",
         action=FactorisePlan.action,
-        plan=FactorisePlan(dense=dense.name, energy=options.svd_energy, target_params=options.svd_target_params),
-        blocked=(
-            QUANTIZED if dense.attrs.get("quantized")
-            else "its weights are shared with another layer" if dense.attrs.get("shared_weights")
-            else "factorising a convolution is not supported yet" if dense.kind == "conv" else None
+        plan=FactorisePlan(
+            dense=layer.name, energy=options.svd_energy, target_params=options.svd_target_params,
+            multiple_of=options.rank_multiple_of,
         ),
+        blocked=_blocked(layer),
     )
+
+
+def _factors(layer: Layer) -> str:
+    """What the two factors of ``layer`` are: dense layers, two 1x1 convs, or a KxK conv
+    to the rank then a 1x1 conv (the first factor keeps the kernel, stride and padding)."""
+    if layer.kind != "conv":
+        return "two dense layers"
+    kernel = layer.attrs.get("kernel") or ()
+    if all(k == 1 for k in kernel):
+        return "two 1x1 convs (a pointwise bottleneck)"
+    return f"a {'x'.join(map(str, kernel))} conv to rank r then a 1x1 conv"
+
+
+def _blocked(layer: Layer) -> str | None:
+    if layer.attrs.get("quantized"):
+        return QUANTIZED
+    if layer.attrs.get("shared_weights"):
+        return "its weights are shared with another layer"
+    if layer.kind == "conv" and layer.attrs.get("transposed"):
+        return "factorising a transposed convolution is not supported"
+    if layer.kind == "conv" and (layer.attrs.get("groups") or 1) != 1:
+        return "factorising a grouped convolution is not supported"
+    return None
 
 
 RULE = Rule(

@@ -135,11 +135,11 @@ SPECTRUM = np.array([6.0, 4.0, 2.0, 1.0, 0.5] + [0.05] * 43)  # 48 singular valu
 HAND_RANKS = {0.6: 1, 0.9: 2, 0.95: 3, 0.99: 4, 0.995: 5}
 
 
-def _known_spectrum_model(path, rows=64, cols=48):
+def _known_spectrum_model(path, rows=64, cols=48, spectrum=SPECTRUM):
     rng = np.random.default_rng(1)
     u, _ = np.linalg.qr(rng.standard_normal((rows, rows)))
     v, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
-    weight = (u[:, :cols] * SPECTRUM) @ v.T  # [rows, cols] with exactly SPECTRUM as singular values
+    weight = (u[:, :cols] * spectrum) @ v.T  # [rows, cols] with exactly these singular values
     bias = rng.standard_normal(cols)
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="dense")], "known_spectrum",
@@ -163,7 +163,10 @@ def test_hand_computed_ranks_match_the_spectrum():
 def test_svd_energy_picks_the_hand_computed_rank(tmp_path, share):
     path = tmp_path / "dense.onnx"
     weight, bias = _known_spectrum_model(path)
-    (tmp_path / "pwlint.toml").write_text(f"[rules.PW002]\nmax-params = 1000\nsvd-energy = {share}\n")
+    # the hand-computed rank itself: no rounding up to a multiple (the default is 8)
+    (tmp_path / "pwlint.toml").write_text(
+        f"[rules.PW002]\nmax-params = 1000\nsvd-energy = {share}\nrank-multiple-of = 1\n"
+    )
     _, report = fix_json(path, "--fix", "--unsafe-fixes")
     (outcome,) = report["files"][0]["fix"]["applied"]
     rank = HAND_RANKS[share]
@@ -194,3 +197,57 @@ def test_svd_that_would_not_shrink_the_layer_says_why(tmp_path):
     assert outcome["code"] == "PW002" and "no smaller" in outcome["note"]
     assert path.read_bytes() == original
     assert codes(report) == ["PW002"]
+
+
+# the rank rounded up to a hardware-friendly multiple --------------------------------------
+
+# the 64 x 48 layer of _known_spectrum_model: two factors of rank r cost r * (64 + 48)
+# weights, fewer than its 64 * 48 = 3072 up to r = 27 (27 * 112 = 3024; 28 * 112 = 3136)
+BREAK_EVEN_RANK = 27
+
+
+def _written_rank(tmp_path, config: str, spectrum=SPECTRUM) -> tuple[int, dict]:
+    """The rank of the factors written for the 64 x 48 layer, and the fix's outcome."""
+    path = tmp_path / "dense.onnx"
+    _known_spectrum_model(path, spectrum=spectrum)
+    # the layer has 3120 parameters; its factors (at most 64 x 24) stay under 3000
+    (tmp_path / "pwlint.toml").write_text("[rules.PW002]\nmax-params = 3000\n" + config)
+    _, report = fix_json(path, "--fix", "--unsafe-fixes", "--select", "PW002")
+    (outcome,) = report["files"][0]["fix"]["applied"]
+    first, second, _ = factor_pair(path)
+    assert first.shape[1] == second.shape[0]
+    return first.shape[1], outcome
+
+
+@pytest.mark.parametrize("config, rank", [
+    ("svd-energy = 0.9\n", 8),  # rank 2 keeps 90% of the energy; rounded up to 8 by default
+    ("svd-energy = 0.995\n", 8),  # rank 5
+    ("svd-energy = 0.995\nrank-multiple-of = 16\n", 16),
+    ("svd-energy = 0.995\nrank-multiple-of = 1\n", 5),
+], ids=["default-8", "rank-5-to-8", "to-16", "exact"])
+def test_rank_is_rounded_up_to_the_multiple(tmp_path, config, rank):
+    written, outcome = _written_rank(tmp_path, config)
+    assert written == rank
+    assert f"rank {rank}:" in outcome["note"]
+    # the extra rank keeps more of the spectrum: the error is that of the rounded rank
+    expected_error = float(np.sqrt(np.sum(SPECTRUM[rank:] ** 2) / np.sum(SPECTRUM**2)))
+    reported = float(re.search(r"relative weight error ([0-9.e+-]+)", outcome["note"]).group(1))
+    assert reported == pytest.approx(expected_error, rel=6e-3)
+
+
+FLAT = np.ones(48)  # every rank keeps k/48 of the energy: 41% needs rank 20
+
+
+@pytest.mark.parametrize("multiple, rank", [(8, 24), (16, 20), (32, 20)])
+def test_rank_is_never_rounded_past_break_even(tmp_path, multiple, rank):
+    """Rank 20 rounds to 24 with a multiple of 8; to 32 with 16 or 32, which would cost
+    more than the layer (32 > 27), so the rank stays 20."""
+    written, _ = _written_rank(tmp_path, f"svd-energy = 0.41\nrank-multiple-of = {multiple}\n", FLAT)
+    assert written == rank <= BREAK_EVEN_RANK
+
+
+def test_target_params_is_never_rounded_past(tmp_path):
+    """svd-target-params is a ceiling: 608 = 5 * 112 + 48 (the bias) fits rank 5, and
+    rounding up to 8 would cost 944."""
+    written, _ = _written_rank(tmp_path, "svd-target-params = 608\n")
+    assert written == 5
