@@ -91,7 +91,8 @@ LAYER_KEYS: dict[str, frozenset] = {
     "RepeatVector": frozenset({"n"}),
     "Dropout": _DROPOUT, "AlphaDropout": _DROPOUT, "GaussianDropout": frozenset({"rate", "seed"}),
     "GaussianNoise": frozenset({"stddev", "seed"}),
-    **{f"SpatialDropout{n}D": frozenset({"rate", "seed", "data_format"}) for n in (1, 2, 3)},
+    "SpatialDropout1D": frozenset({"rate", "seed"}),
+    **{f"SpatialDropout{n}D": frozenset({"rate", "seed", "data_format"}) for n in (2, 3)},
     "ActivityRegularization": frozenset({"l1", "l2"}),
     "Activation": frozenset({"activation"}),
     "ReLU": frozenset({"max_value", "negative_slope", "threshold"}),
@@ -334,8 +335,9 @@ def _activation(value: Any, where: str) -> str | None:
         return None
     name = value
     if isinstance(value, dict):  # a function serialised by name: {"class_name": "function", "config": "relu"}
-        _check_origin(value, where)
-        name = value.get("config") if value.get("class_name") == "function" else None
+        module = value.get("module")
+        own = module is None or (isinstance(module, str) and (module == "keras" or module.startswith("keras.")))
+        name = value.get("config") if own and value.get("class_name") == "function" else None
     if isinstance(name, str) and name in ACTIVATIONS:
         return name
     raise refuse(f"{where} has an activation that is not one of Keras's own ({_describe(value) if isinstance(value, dict) else _short(value)})")
