@@ -715,3 +715,51 @@ def test_fix_rounds_lint_only_graphs_of_plausible_size(tmp_path):
     assert result.error == f"{model}: layer 'fc' has a negative number of parameters or over 2**44: not a real model"
     # linted alone, the file's own graph is fine and has its finding
     assert "PW001" in {f.code for f in Linter(registry, ConfigResolver(Overrides())).lint_file(str(model)).findings}
+
+
+# fix flags that do nothing in context (issue 15) -------------------------------------------
+
+def test_unsafe_fixes_without_fix_warns_and_lints(pwlint, cnn_file):
+    """As ruff warns of a flag without effect: one line on stderr, then the usual lint."""
+    path = cnn_file()
+    plain = pwlint(str(path))
+    run = pwlint(str(path), "--unsafe-fixes")
+    assert run.err == "pwlint: warning: --unsafe-fixes has no effect without --fix or --diff\n"
+    assert (run.code, run.out) == (plain.code, plain.out) and "PW001" in run.out
+
+
+def test_unsafe_fixes_with_fix_or_diff_does_not_warn(pwlint, cnn_file):
+    path = cnn_file()
+    assert "warning" not in pwlint(str(path), "--diff", "--unsafe-fixes").err
+
+
+@pytest.mark.parametrize("flags", [("--diff",), ("--fix", "--diff")])
+def test_output_with_diff_is_an_error(pwlint, cnn_file, tmp_path, flags):
+    """--diff writes no model, so an -o (which names the fixed model) has nothing to
+    name; taking it as the report file instead would put a report where a model was meant."""
+    path = cnn_file()
+    before = path.read_bytes()
+    target = tmp_path / "fixed.onnx"
+    line = one_line_error(pwlint(str(path), *flags, "-o", str(target)))
+    assert line == "pwlint: error: -o names the fixed model and --diff writes none: drop -o (--output-file FILE writes the report)"
+    assert not target.exists() and path.read_bytes() == before
+
+
+def test_output_without_fix_is_still_the_report_file(pwlint, cnn_file, tmp_path):
+    path = cnn_file()
+    report = tmp_path / "report.txt"
+    run = pwlint(str(path), "-o", str(report))
+    assert run.code == 1 and run.out == "" and "PW001" in report.read_text()
+
+
+def test_no_verify_without_fix_is_an_error(pwlint, cnn_file):
+    line = one_line_error(pwlint(str(cnn_file()), "--no-verify"))
+    assert line == "pwlint: error: --no-verify only makes sense with --fix or --diff"
+
+
+def test_fix_output_in_another_format_is_one_line_before_linting(pwlint, cnn_file, tmp_path):
+    path = cnn_file("lenet.onnx")
+    target = tmp_path / "l.keras"
+    run = pwlint(str(path), "--fix", "-o", str(target))
+    assert one_line_error(run) == f"pwlint: error: -o {target}: the fixed model is ONNX; name a .onnx file"
+    assert run.out == "" and not target.exists()
