@@ -109,3 +109,8 @@ def fix_report(path: Path, *args: str) -> dict:
 
 def params(layer) -> int:
     return sum(prod(w.shape) for w in layer.trainable_weights)
+
+
+def reports(note: str, measured: float) -> bool:
+    """Whether the note's error is ``measured`` as it prints it (three significant digits)."""
+    return reported_error(note) == float(f"{measured:.3g}")

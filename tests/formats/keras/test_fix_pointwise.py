@@ -13,7 +13,7 @@ import pytest
 from pwlint.errors import FixNotApplicable
 from pwlint.fix.plans import FactorisePlan
 from tests.formats.keras.fix_helpers import (
-    apply_plan, kernel, load, oihw, randomise, relative, reported_error, run, sample, save,
+    apply_plan, kernel, load, oihw, randomise, relative, reported_error, reports, run, sample, save,
 )
 
 keras = pytest.importorskip("keras")
@@ -147,7 +147,7 @@ def test_the_rank_keeps_the_energy_is_rounded_to_the_multiple_and_the_error_is_t
     assert first.shape == (3, 3, 32, rounded) and second.shape == (1, 1, rounded, 48)
     product = oihw(first).reshape(rounded, -1).T @ oihw(second).reshape(48, rounded).T
     measured = relative(product, matrix)
-    assert reported_error(note) == pytest.approx(measured, rel=1e-3)
+    assert reports(note, measured)
     expected_error = np.sqrt(np.sum(s[rounded:] ** 2) / np.sum(s**2))
     assert measured == pytest.approx(expected_error, rel=1e-3)
     assert f"{rows * cols} -> {rounded * (rows + cols)} weights" in note
