@@ -16,6 +16,37 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ["PWLINT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
+#: Test modules (glob patterns of paths under tests/) that take most of the suite's time:
+#: torch and Keras models built, exported and fixed, fuzzing and hostile files under time
+#: limits, hook environments pre-commit builds. They are marked ``slow`` here, by path, so
+#: that ``pytest -m "not slow"`` is a quick check while editing; CI runs them all.
+SLOW_TESTS = (
+    "hostile/*",
+    "formats/pytorch/*",
+    "formats/keras/test_fix*.py",
+    "rules/test_missing_norm_formats.py",
+    "test_api.py",
+    "test_benchmarks.py",
+    "test_cross_format.py",
+    "test_pre_commit.py",
+    "test_readme_api.py",
+    "test_targets.py",
+    "test_testing.py",
+)
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    from fnmatch import fnmatch
+
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if path.is_relative_to(TESTS_DIR):
+            relative = path.relative_to(TESTS_DIR).as_posix()
+            if any(fnmatch(relative, pattern) for pattern in SLOW_TESTS):
+                item.add_marker(pytest.mark.slow)
+
+
 #: torch exporters, and whether normalisation layers survive the export
 EXPORTERS = {
     "dynamo": dict(dynamo=True),

@@ -300,3 +300,29 @@ def test_a_failed_install_or_odd_extras_stop_before_linting(checkout, tmp_path):
     run = run_action(checkout, {"extras": "onnx]; touch x"})
     assert run.code == 2 and "input 'extras'" in run.stdout
     assert not (checkout / "x").exists()
+
+
+# --- the CI around it: the whole suite there, a quick subset while editing --------------
+
+def test_slow_modules_exist_ci_runs_them_and_the_readme_names_the_quick_subset():
+    """`pytest -m "not slow"` deselects the modules tests/conftest.py lists (a renamed
+    module would silently rejoin the quick subset), the marker is registered (no
+    PytestUnknownMarkWarning under --strict-markers), and CI deselects nothing."""
+    from tests.conftest import SLOW_TESTS, TESTS_DIR
+
+    for pattern in SLOW_TESTS:
+        assert [path for path in TESTS_DIR.glob(pattern) if path.suffix == ".py"], pattern
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "--strict-markers", "-p", "no:cacheprovider",
+         "-m", "not slow", "tests/test_pre_commit.py", "tests/test_units.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert collected and all(line.startswith("tests/test_units.py::") for line in collected)
+    ci_pytest = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+                 if "pytest" in line and not line.lstrip().startswith("#")]
+    assert ci_pytest
+    for line in ci_pytest:
+        assert "slow" not in line and "-m" not in line.split("pytest", 1)[1].split(), line
+    assert 'python -m pytest -m "not slow"' in (ROOT / "README.md").read_text()
