@@ -181,8 +181,7 @@ def _fold_norm(editor: Editor, node: onnx.NodeProto, name: str, plan: MergeChain
 
 
 def _check_second(second: Linear, walk: _Walk, mid: int, name: str) -> None:
-    if second.channels[1] != mid or (second.conv is not None and second.weight.ndim > 2
-                                     and second.weight.size != second.channels[0] * mid):
+    if second.channels[1] != mid:
         raise FixNotApplicable(f"'{name}' does not read the {mid} channels of the first layer one position at a time")
     if second.conv is not None:
         if not second.conv.pointwise:

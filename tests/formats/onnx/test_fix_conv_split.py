@@ -188,3 +188,29 @@ def test_a_conv_exported_by_torch_dynamo_is_split_and_runs(tmp_path):
     assert fixed.shape == expected.shape
     assert 0 < relative(expected, fixed) < 1
     assert report.after.params < report.before.params
+
+
+@pytest.mark.parametrize("method", ["tucker2", "separable"])
+def test_the_reported_error_is_the_written_layers_not_the_decompositions(tmp_path, monkeypatch, method):
+    """A slip between the decomposition and the written initializers (here: the last
+    layer's weights halved on their way) must show in the reported error."""
+    import dataclasses
+
+    from pwlint.fix import convsplit
+
+    real = getattr(convsplit, method)
+    if method == "tucker2":
+        slipped = lambda kernel, plan: dataclasses.replace(real(kernel, plan), last=real(kernel, plan).last * 0.5)
+    else:
+        slipped = lambda kernel: dataclasses.replace(real(kernel), pointwise=real(kernel).pointwise * 0.5)
+    monkeypatch.setattr(convsplit, method, slipped)
+    rng = np.random.default_rng(16)
+    # a kernel each method splits exactly: its own error is 0, the slip's is 0.5
+    exact = (tucker_kernel(rng, 4, 4, noise=0.0) if method == "tucker2"
+             else np.einsum("oi,i...->oi...", rng.standard_normal((COUT, CIN)), rng.standard_normal((CIN, 3, 3))))
+    path, _ = conv_model(tmp_path, f"slip-{method}.onnx", exact, rng)
+    report = fix_with(path, Fix("unsafe", method, f"{method}-conv",
+                                ConvFactorisePlan(layer_of(path, "y"), method, 0.999, multiple_of=1)))
+    (outcome,) = report.outcomes
+    assert outcome.applied, outcome.note
+    assert reported(outcome.note, "kernel") == pytest.approx(0.5, rel=1e-3), outcome.note

@@ -34,7 +34,8 @@ def text_init(name: str, values: np.ndarray) -> str:
     values = np.asarray(values)
     kind = "int64" if values.dtype.kind == "i" else "float"
     flat = ", ".join(repr(int(v)) if kind == "int64" else repr(float(np.float32(v))) for v in values.reshape(-1))
-    return f"{kind}[{','.join(map(str, values.shape))}] {name} = {{{flat}}}"
+    dims = f"[{','.join(map(str, values.shape))}]" if values.shape else ""
+    return f"{kind}{dims} {name} = {{{flat}}}"
 
 
 def text_model(path: Path, signature: str, inits: dict[str, np.ndarray], body: str, opset: int = 17) -> Path:
