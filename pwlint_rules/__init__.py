@@ -2,8 +2,11 @@
 
 from pwlint.hookspecs import hookimpl
 from pwlint_rules import (
+    channel_alignment,
     conv_bias_before_norm,
     flatten_dense_head,
+    heavy_conv,
+    linear_chain,
     missing_norm,
     oversized_dense,
 )
@@ -13,6 +16,9 @@ BUILTIN_RULES = (
     oversized_dense.RULE,
     missing_norm.RULE,
     conv_bias_before_norm.RULE,
+    heavy_conv.RULE,
+    linear_chain.RULE,
+    channel_alignment.RULE,
 )
 
 
