@@ -184,3 +184,36 @@ def test_conv_covering_its_whole_input_is_fully_connected(tmp_path, kernel, repo
         assert mentions(finding["message"], channels * 7 * 7 * units)
     else:
         assert found == []
+
+
+def _conv_head(folder: Path, kernel: int, channels: int, units: int, groups: int = 1) -> Path:
+    """One conv whose kernel covers its ``kernel`` x ``kernel`` input (a convolutionalised
+    head layer), its weights sparse external data."""
+    tensor, end = _external("w", [units, channels // groups, kernel, kernel], 0)
+    with open(folder / DATA_FILE, "wb") as handle:
+        handle.truncate(end)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="head_conv", kernel_shape=[kernel, kernel], group=groups)],
+        "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, kernel, kernel])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, units, 1, 1])], [tensor],
+    )
+    path = folder / "conv_head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("kernel, channels, factors", [
+    (1, 4096, "two 1x1 convs (a pointwise bottleneck)"),  # VGG16's fc2 after the pool-pointwise fix
+    (7, 512, "a 7x7 conv to rank r then a 1x1 conv"),  # fc1 after the convolutionalise fix
+], ids=["pointwise", "7x7"])
+def test_fully_connected_conv_is_factorised_like_a_dense_layer(tmp_path, kernel, channels, factors):
+    (finding,) = findings(lint(_conv_head(tmp_path, kernel, channels, 4096), "--unsafe-fixes"), "PW002")
+    fix = finding["fix"]
+    assert fix["applicability"] == "unsafe"
+    assert factors in fix["description"]
+    assert "cannot be applied" not in fix["description"]
+
+
+def test_grouped_conv_factorisation_is_blocked(tmp_path):
+    (finding,) = findings(lint(_conv_head(tmp_path, 1, 8192, 4096, groups=2), "--unsafe-fixes"), "PW002")
+    assert "cannot be applied here: factorising a grouped convolution is not supported" in finding["fix"]["description"]
