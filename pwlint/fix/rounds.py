@@ -190,9 +190,12 @@ def fix_file(
     try:
         feeds = baseline = None
         unverifiable = None
+        cannot = "unverifiable"
         if mode.verify:
             try:
                 feeds, baseline = backend.run(Path(path))
+            except FixNotApplicable as exc:  # the backend refuses the model (a Keras Lambda layer)
+                unverifiable, cannot = _reason(exc), "blocked"
             except Exception as exc:  # whatever the runtime raised: a candidate's run is judged alike
                 unverifiable = f"cannot verify: {_reason(exc)}"
             else:
@@ -205,7 +208,7 @@ def fix_file(
                 fix = _chosen(finding, mode)
                 if fix is not None:
                     blocked, why = _why_not(fix, mode)
-                    report.outcomes.append(_outcome(finding, fix, False, blocked or unverifiable, why or "unverifiable"))
+                    report.outcomes.append(_outcome(finding, fix, False, blocked or unverifiable, why or cannot))
             report.remaining = findings
             if any(o.why == "unverifiable" for o in report.outcomes) and edits_without_running(backend):
                 # said once for the file, and only where skipping the run lets the fixes apply
