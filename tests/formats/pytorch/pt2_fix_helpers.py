@@ -99,7 +99,7 @@ def noted_error(note: str) -> float:
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     """``||a - b|| / ||b||`` in float64."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
 
 
