@@ -74,12 +74,21 @@ def widths(layer: Layer) -> tuple[int | None, int | None]:
 
 
 def reads_model_input(graph: ModelGraph, layer: Layer) -> bool:
+    """Whether ``layer`` reads a model input through channel-keeping layers (a loader that
+    writes no input layers leaves the first layer without a producer)."""
     source = source_of(graph, layer, _keeps_channels)
-    return source is not None and source.kind == "input"
+    return source is None or source.kind == "input"
 
 
 def writes_model_output(graph: ModelGraph, layer: Layer) -> bool:
-    return any(reached.kind == "output" for reached, _ in downstream(graph, layer, _keeps_channels))
+    """Whether ``layer``'s output reaches a model output through channel-keeping layers (an
+    output layer, or a layer nobody reads, where a loader writes no output layers)."""
+    if not graph.consumers(layer):
+        return True
+    for reached, path in downstream(graph, layer, lambda l: _keeps_channels(l) and bool(graph.consumers(l))):
+        if reached.kind == "output" or (_keeps_channels(reached) and not graph.consumers(reached)):
+            return True
+    return False
 
 
 def _aligned(count: int, multiple: int) -> int:

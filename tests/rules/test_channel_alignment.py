@@ -144,3 +144,20 @@ def test_keras_dense_and_pointwise_conv(tmp_path):
     assert set(found) == {"pointwise", "classifier"}  # the stem is 3x3 and reads the 3 input channels
     assert "30 output channels" in found["pointwise"] and "input channels" not in found["pointwise"]
     assert "30 input channels" in found["classifier"] and "10 output" not in found["classifier"]
+
+
+def test_graph_without_input_and_output_layers():
+    """A plugin's loader may write no input or output layers: the first layer's input and
+    the last layer's output are still the model's own."""
+    from pwlint.ir import Layer, ModelGraph
+    from pwlint_rules.channel_alignment import RULE
+
+    graph = ModelGraph()
+    for name, fan_in, fan_out in (("fc1", 100, 30), ("fc2", 30, 10)):
+        graph.add_layer(Layer(name=name, kind="dense", op="Dense",
+                              attrs={"in_features": fan_in, "out_features": fan_out},
+                              input_shapes=[(1, fan_in)], output_shapes=[(1, fan_out)]))
+    graph.connect("fc1", "fc2", "h", (1, 30), data=True)
+    found = {f.nodes[0]: f.message for f in RULE.check(graph, RULE.options())}
+    assert set(found) == {"fc1", "fc2"}
+    assert "input channels" not in found["fc1"] and "output channels" not in found["fc2"]
