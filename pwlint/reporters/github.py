@@ -10,6 +10,8 @@ message. Files that could not be read are ``::error`` annotations titled ``pwlin
 
 from __future__ import annotations
 
+import os
+
 from pwlint.hookspecs import hookimpl
 from pwlint.reporters.text import coverage_note
 
@@ -32,6 +34,12 @@ def command(name: str, message: str, **properties: object) -> str:
     return f"::{name} {props}::{escape_data(message)}"
 
 
+def annotation_path(path: str) -> str:
+    """``path`` as GitHub matches it against the repository's files: normalised
+    (``./models/m.onnx`` from linting ``.`` is ``models/m.onnx``), with forward slashes."""
+    return os.path.normpath(path).replace(os.sep, "/") if path else path
+
+
 class GithubReporter:
     name = "github"
 
@@ -39,15 +47,15 @@ class GithubReporter:
     def report(result, stream) -> None:
         for file in result.files:
             if file.error:
-                stream.write(command("error", file.error, file=file.path, line=1, title="pwlint") + "\n")
+                stream.write(command("error", file.error, file=annotation_path(file.path), line=1, title="pwlint") + "\n")
             elif file in result.incomplete:
                 note = coverage_note(file)
-                stream.write(command("notice", note, file=file.path, line=1, title="pwlint (coverage)") + "\n")
+                stream.write(command("notice", note, file=annotation_path(file.path), line=1, title="pwlint (coverage)") + "\n")
             for finding in file.findings:
                 severity = finding.severity.value if finding.severity else "warning"
                 stream.write(command(
                     COMMANDS[severity], finding.message,
-                    file=finding.path or file.path, line=1, title=f"pwlint ({finding.code})",
+                    file=annotation_path(finding.path or file.path), line=1, title=f"pwlint ({finding.code})",
                 ) + "\n")
 
 

@@ -230,3 +230,13 @@ def test_cli_concise(models):
     matches = [CONCISE_LINE.match(line) for line in run.out.splitlines()]
     assert matches and all(matches), run.out
     assert {(m["path"], m["node"], m["code"]) for m in matches} == {(str(bad), "flatten", "PW001"), (str(bad), "conv", "PW004")}
+
+
+def test_cli_github_annotates_the_path_github_matches_when_linting_dot(models, monkeypatch):
+    """`pwlint check .` (what the GitHub Action runs by default) finds `./bad.onnx`; GitHub
+    matches annotations against repository paths, so the file is written `bad.onnx`."""
+    bad, _ = models
+    monkeypatch.chdir(bad.parent)
+    run = run_inprocess("check", ".", "--format", "github")
+    files = {GITHUB_LINE.match(line)["file"] for line in run.out.splitlines()}
+    assert bad.name in files and not any(f.startswith("./") for f in files), run.out
