@@ -7,7 +7,10 @@ finding per layer, naming the side(s) and the nearest aligned count. Widths
 the model does not choose are not reported: the channels of the model's input
 (a layer reading it through normalisation, activations, reshapes or pooling)
 and of its final outputs (a layer whose output reaches a model output through
-such layers: the 1000 classes of a classifier, softmax and all).
+such layers: the 1000 classes of a classifier, softmax and all). Counts below
+`multiple-of` are not reported either: such a side (an SE block squeezed to 4
+channels, a 2-feature input) makes a layer too small for its padding to matter,
+and widening it would cost more than it saves.
 
 ## Why is this bad
 GPUs' Tensor Cores and NPUs compute matrix products in tiles of 8 channels
@@ -95,6 +98,11 @@ def _aligned(count: int, multiple: int) -> int:
     return -(-count // multiple) * multiple
 
 
+def _misaligned(count: int | None, multiple: int) -> bool:
+    """A channel count worth padding: known, at least one ``multiple`` wide, and not a multiple."""
+    return bool(count) and count > multiple and count % multiple != 0
+
+
 def check(graph: ModelGraph, options: Options):
     multiple = options.multiple_of
     for layer in graph.layers():
@@ -102,9 +110,9 @@ def check(graph: ModelGraph, options: Options):
             continue
         fan_in, fan_out = widths(layer)
         sides = []
-        if fan_in and fan_in % multiple and not reads_model_input(graph, layer):
+        if _misaligned(fan_in, multiple) and not reads_model_input(graph, layer):
             sides.append(("input", fan_in))
-        if fan_out and fan_out % multiple and not writes_model_output(graph, layer):
+        if _misaligned(fan_out, multiple) and not writes_model_output(graph, layer):
             sides.append(("output", fan_out))
         if not sides:
             continue

@@ -13,7 +13,7 @@ from pwlint import __version__
 from pwlint.rule import DOC_SECTIONS
 from tests.conftest import codes, lint, one_line_error, run_command, run_inprocess
 
-BUILTIN_CODES = ["PW001", "PW002", "PW003", "PW004"]
+BUILTIN_CODES = ["PW001", "PW002", "PW003", "PW004", "PW005", "PW006", "PW007"]
 
 
 # exit codes ---------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def test_thirdparty_rule_documentation(site):
 
     run = run_with_plugins(site, "rules")
     assert run.code == 0, run.err
-    assert [line.split()[0] for line in run.out.splitlines() if line.strip()] == ["PW001", "PW002", "PW003", "PW004", "TP001"]
+    assert [line.split()[0] for line in run.out.splitlines() if line.strip()] == ["PW001", "PW002", "PW003", "PW004", "PW005", "PW006", "PW007", "TP001"]
 
 
 def test_plugins_lists_the_thirdparty_plugin(site):

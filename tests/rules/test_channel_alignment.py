@@ -105,6 +105,14 @@ def test_misaligned_hidden_width_is_reported_on_both_layers(onnx_text):
     assert "32 output would be aligned" in found["h1"] and "32 input would be aligned" in found["h2"]
 
 
+def test_widths_narrower_than_the_multiple_are_not_reported(onnx_text):
+    """An SE-style squeeze to 4 (or 6) channels is too small for padding to matter; a
+    hidden width of 12 is above the multiple and is reported on both of its layers."""
+    assert by_layer(lint(dense_chain(onnx_text, [64, 4, 64]))) == {}
+    assert by_layer(lint(dense_chain(onnx_text, [64, 6, 64]))) == {}
+    assert set(by_layer(lint(dense_chain(onnx_text, [64, 12, 64])))) == {"h1", "h2"}
+
+
 def test_both_sides_in_one_finding(onnx_text):
     found = by_layer(lint(dense_chain(onnx_text, [64, 30, 60, 10])))
     assert set(found) == {"h1", "h2", "h3"}
