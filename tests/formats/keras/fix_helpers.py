@@ -114,3 +114,14 @@ def params(layer) -> int:
 def reports(note: str, measured: float) -> bool:
     """Whether the note's error is ``measured`` as it prints it (three significant digits)."""
     return reported_error(note) == float(f"{measured:.3g}")
+
+
+def configure(folder: Path, code: str, **options) -> None:
+    """A ``pyproject.toml`` in ``folder`` setting options of rule ``code`` (values as TOML)."""
+    lines = [f"[tool.pwlint.rules.{code}]"] + [f"{key} = {value}" for key, value in options.items()]
+    (Path(folder) / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+def outcomes(report: dict, code: str, key: str = "applied") -> list[dict]:
+    """The fix report's applied (or ``not_applied``) outcomes of rule ``code``."""
+    return [o for o in report["files"][0]["fix"][key] if o["code"] == code]

@@ -12,7 +12,8 @@ import pytest
 from pwlint.errors import FixNotApplicable
 from pwlint.fix.plans import ConvFactorisePlan
 from tests.formats.keras.fix_helpers import (
-    apply_plan, kernel, load, oihw, randomise, relative, reported_error, reports, run, sample, save,
+    apply_plan, configure, fix_report, kernel, load, oihw, outcomes, randomise, relative, reported_error, reports, run,
+    sample, save,
 )
 
 keras = pytest.importorskip("keras")
@@ -205,3 +206,37 @@ def test_separable_refuses_a_conv_it_would_not_shrink(tmp_path):
     with pytest.raises(FixNotApplicable, match="no smaller"):
         apply_plan(path, "separable-conv", ConvFactorisePlan("conv", "separable"))
     assert path.read_bytes() == before
+
+
+# through the command line ------------------------------------------------------------------
+
+def test_pw005_separable_fix_keeps_an_exactly_separable_convs_outputs(tmp_path):
+    model = randomise(one_conv(layers.Conv2D(48, 3, padding="same", name="conv"), (8, 8, 32)))
+    rng = np.random.default_rng(8)
+    with_kernel(model, np.einsum("oi,i...->oi...", rng.standard_normal((48, 32)), rng.standard_normal((32, 3, 3))) * .1)
+    path = save(model, tmp_path / "model.keras")
+    configure(tmp_path, "PW005", **{"max-params": 1000, "method": '"separable"'})
+    x = sample(model)
+
+    report = fix_report(path, "--unsafe-fixes", "--select", "PW005")
+
+    (outcome,) = outcomes(report, "PW005")
+    assert "depthwise 3x3 + pointwise 32->48" in outcome["note"] and "fine-tune" in outcome["note"]
+    fixed = load(path)
+    assert type(fixed.get_layer("conv_dw")).__name__ == "DepthwiseConv2D"
+    assert relative(run(fixed, x)[0], run(model, x)[0]) < 1e-5
+    assert reported_error(outcome["note"]) < 1e-5
+
+
+def test_pw005_tucker2_at_break_even_is_not_applied_and_the_file_is_untouched(tmp_path):
+    model = randomise(one_conv(layers.Conv2D(16, 3, name="conv"), (6, 6, 16)))
+    path = save(model, tmp_path / "model.keras")
+    configure(tmp_path, "PW005", **{"max-params": 1000, "energy": 0.999})
+    before = path.read_bytes()
+
+    report = fix_report(path, "--unsafe-fixes", "--select", "PW005")
+
+    (outcome,) = outcomes(report, "PW005", "not_applied")
+    assert "no smaller than the 16x16x3x3 conv" in outcome["note"]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "pyproject.toml"]

@@ -11,7 +11,8 @@ import pytest
 
 from pwlint.errors import FixNotApplicable
 from pwlint.fix.plans import MergeChainPlan
-from tests.formats.keras.fix_helpers import apply_plan, load, params, randomise, run, sample, save
+from tests.conftest import codes, lint
+from tests.formats.keras.fix_helpers import apply_plan, fix_report, load, outcomes, params, randomise, run, sample, save
 
 keras = pytest.importorskip("keras")
 layers = keras.layers
@@ -222,3 +223,33 @@ def test_a_chain_that_is_not_linear_or_not_alone_is_refused_and_the_file_untouch
         merge(path, *plan)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+# through the command line ------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, first, second", [
+    (dense_sequential, "fc1", "fc2"),
+    (conv_norm_pointwise, "conv", "project"),
+], ids=["dense-dropout-dense", "conv-bn-dropout-pointwise"])
+def test_pw006_merge_with_fix_is_verified_and_keeps_the_outputs(tmp_path, make, first, second):
+    model = randomise(make())
+    path = save(model, tmp_path / "model.keras")
+    assert "PW006" in codes(lint(path))
+
+    report = fix_report(path, "--select", "PW006")
+
+    (outcome,) = outcomes(report, "PW006")
+    assert outcome["applicability"] == "safe" and f"'{first}' and '{second}' merged" in outcome["note"]
+    assert report["files"][0]["fix"]["verified"]
+    fixed = load(path)
+    assert first not in [layer.name for layer in fixed.layers]
+    assert_same_outputs(model, fixed)
+    assert "PW006" not in codes(lint(path))
+
+
+def test_a_chain_whose_middle_has_a_second_reader_is_left_alone_by_fix(tmp_path):
+    path = save(randomise(second_reader()), tmp_path / "model.keras")
+    before = path.read_bytes()
+    report = fix_report(path, "--select", "PW006")
+    assert "PW006" not in codes(report)
+    assert path.read_bytes() == before

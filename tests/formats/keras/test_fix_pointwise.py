@@ -12,8 +12,10 @@ import pytest
 
 from pwlint.errors import FixNotApplicable
 from pwlint.fix.plans import FactorisePlan
+from tests.conftest import codes, lint
 from tests.formats.keras.fix_helpers import (
-    apply_plan, kernel, load, oihw, randomise, relative, reported_error, reports, run, sample, save,
+    apply_plan, configure, fix_report, kernel, load, oihw, outcomes, randomise, relative, reported_error, reports, run,
+    sample, save,
 )
 
 keras = pytest.importorskip("keras")
@@ -173,3 +175,31 @@ def test_a_conv_that_needs_its_full_rank_is_refused_at_break_even(tmp_path):
         apply_plan(path, "factorise-dense", FactorisePlan("conv", energy=0.999))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+# through the command line ------------------------------------------------------------------
+
+def pooled_pointwise():
+    """Global pooling (kept as a 1x1 map), then a 128 -> 96 1x1 conv: fully connected, PW002's."""
+    inputs = keras.Input((6, 6, 128), name="image")
+    x = layers.GlobalAveragePooling2D(keepdims=True, name="gap")(inputs)
+    x = layers.Conv2D(96, 1, activation="relu", name="conv")(x)
+    return keras.Model(inputs, layers.Flatten(name="flat")(x), name="pooled_pointwise")
+
+
+def test_pw002_factorises_a_fully_connected_pointwise_conv_with_fix_unsafe_fixes(tmp_path):
+    model = randomise(pooled_pointwise())
+    set_kernel(model, "conv", low_rank_kernel(96, 128, (1, 1), rank=5, seed=7))
+    path = save(model, tmp_path / "model.keras")
+    configure(tmp_path, "PW002", **{"max-params": 5000, "svd-energy": 0.9999})
+    assert "PW002" in codes(lint(path))
+    x = sample(model)
+
+    report = fix_report(path, "--unsafe-fixes", "--select", "PW002")
+
+    (outcome,) = outcomes(report, "PW002")
+    assert "'conv' factorised at rank 8" in outcome["note"]  # 5, rounded up to the default multiple of 8
+    fixed = load(path)
+    assert [tuple(kernel(fixed, name).shape) for name in ("conv_u", "conv_v")] == [(1, 1, 128, 8), (1, 1, 8, 96)]
+    assert relative(run(fixed, x)[0], run(model, x)[0]) < 1e-5
+    assert "PW002" not in codes(lint(path))
