@@ -262,11 +262,14 @@ def _fix_rounds(
     current = baseline
     attempted: set[tuple] = set()
     skipped: dict[tuple, FixOutcome] = {}
+    #: the layers each rule's fixes wrote in this run, by rule code
+    made: dict[str, set[str]] = {}
     findings = check(graph)
     for _ in range(MAX_ROUNDS):
-        batch = _next_batch(findings, attempted, mode, skipped)
+        batch = _next_batch(findings, attempted, mode, skipped, made)
         if not batch:
             break
+        names_before = {layer.name for layer in session.graph().layers()}
         round_outcomes = []
         for finding, fix in batch:
             graph = session.graph()
@@ -292,6 +295,8 @@ def _fix_rounds(
             current = _verify_round(session, backend, mode, feeds, current, applied)
         report.outcomes += round_outcomes
         findings = check(session.graph())
+        new_layers = {layer.name for layer in session.graph().layers()} - names_before
+        made.setdefault(batch[0][0].code, set()).update(new_layers)
     graph = session.graph()
     report.remaining = findings
     remaining = {(f.code, tuple(f.nodes)) for f in findings}
@@ -313,8 +318,11 @@ def _fix_rounds(
         report.written = target
 
 
-def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, skipped: dict) -> list:
-    """The fixable findings of the lowest rule code not yet attempted."""
+def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, skipped: dict,
+                made: dict[str, set[str]] | None = None) -> list:
+    """The fixable findings of the lowest rule code not yet attempted. A finding on a layer
+    its own rule's fix wrote in this run is not fixed again: PW002 would factorise its own
+    factors, PW005 split its Tucker core again, each round compounding the approximation."""
     candidates = []
     for finding in findings:
         key = (finding.code, tuple(finding.nodes))
@@ -322,6 +330,10 @@ def _next_batch(findings: list[Finding], attempted: set, mode: FixMode, skipped:
         if fix is None or key in attempted:
             continue
         why_not, why = _why_not(fix, mode)
+        own = (made or {}).get(finding.code, set()).intersection(finding.nodes)
+        if not why_not and own:
+            why_not, why = (f"'{sorted(own)[0]}' was written by this rule's own fix in this run; "
+                            "fine-tune, then run pwlint again to go further"), "repeat"
         if why_not:
             # reported at the end, and only if the finding is still there then
             skipped[key] = _outcome(finding, fix, False, why_not, why)

@@ -251,3 +251,31 @@ def test_target_params_is_never_rounded_past(tmp_path):
     rounding up to 8 would cost 944."""
     written, _ = _written_rank(tmp_path, "svd-target-params = 608\n")
     assert written == 5
+
+
+def test_a_factor_is_not_factorised_again_in_the_same_run(tmp_path):
+    """PW002's second factor (8 x 256 = 2048 weights) is itself over a max-params of 2000,
+    and its own spectrum could be cut again: one run applies the fix once, leaves the
+    factor's finding, and says why; factorising factors compounds the approximation."""
+    rng = np.random.default_rng(3)
+    rows, cols = 96, 256
+    u, _ = np.linalg.qr(rng.standard_normal((rows, rows)))
+    v, _ = np.linalg.qr(rng.standard_normal((cols, rows)))
+    weight = (u * 0.85 ** np.arange(rows)) @ v.T  # a decaying spectrum, as trained layers have
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], name="dense")], "decaying",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])],
+        [numpy_helper.from_array(weight.astype(np.float32), "w")],
+    )
+    path = tmp_path / "dense.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    (tmp_path / "pwlint.toml").write_text("[rules.PW002]\nmax-params = 2000\n")
+    _, report = fix_json(path, "--fix", "--unsafe-fixes")
+    fix = report["files"][0]["fix"]
+    assert [o["code"] for o in fix["applied"]] == ["PW002"]
+    assert "rank 8:" in fix["applied"][0]["note"]
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "MatMul"]
+    (again,) = [o for o in fix["not_applied"] if o["code"] == "PW002"]
+    assert "written by this rule's own fix in this run" in again["note"]
