@@ -17,6 +17,11 @@ class FixNotApplicable(Exception):
     """A fix cannot be carried out on this graph; raised before anything is changed."""
 
 
+class ModelRefused(FixNotApplicable):
+    """The fix backend will not rewrite this model at all (a Keras Lambda layer, a custom
+    class): every fix is blocked with this reason, which is not a verification problem."""
+
+
 class UnsupportedModelError(PwlintError):
     """An object pwlint cannot lint or fix: not a model of a supported kind, or a kind
     with no fix backend (a ``torch.jit.ScriptModule``); the message says what to pass instead."""

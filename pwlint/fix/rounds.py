@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from pwlint.errors import FixNotApplicable
+from pwlint.errors import FixNotApplicable, ModelRefused
 from pwlint.findings import Finding, Fix
 from pwlint.fix.write import commit
 from pwlint.ir import ModelGraph
@@ -194,7 +194,7 @@ def fix_file(
         if mode.verify:
             try:
                 feeds, baseline = backend.run(Path(path))
-            except FixNotApplicable as exc:  # the backend refuses the model (a Keras Lambda layer)
+            except ModelRefused as exc:  # the backend will not rewrite it (a Keras Lambda layer)
                 unverifiable, cannot = _reason(exc), "blocked"
             except Exception as exc:  # whatever the runtime raised: a candidate's run is judged alike
                 unverifiable = f"cannot verify: {_reason(exc)}"

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pwlint.errors import FixNotApplicable, LoadError
+from pwlint.errors import FixNotApplicable, LoadError, ModelRefused
 from pwlint.formats.keras.legacy import STORED_CLASS
 
 #: the end of every refusal: what pwlint fixes
@@ -157,8 +157,8 @@ MODEL_KEYS = frozenset({"name", "trainable", "dtype", "layers", "input_layers", 
 TOP_KEYS = ENTRY_KEYS | {"keras_version", "backend"}
 
 
-def refuse(why: str) -> FixNotApplicable:
-    return FixNotApplicable(f"cannot fix: {why}; {ONLY_OWN}")
+def refuse(why: str) -> ModelRefused:
+    return ModelRefused(f"cannot fix: {why}; {ONLY_OWN}")
 
 
 # the config -------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def rebuild(keras, path) -> Any:
         with open_keras(str(path)) as stored:
             old = old_keras_version(stored.metadata.get("keras_version")) if stored.container == "h5" else None
             if old:
-                raise FixNotApplicable(
+                raise ModelRefused(
                     f"Keras 3 cannot load a file written by Keras {old}: open it with that Keras, save it "
                     "again (or export it), and fix the result"
                 )
@@ -476,7 +476,7 @@ def rebuild(keras, path) -> Any:
             try:
                 model = keras.saving.deserialize_keras_object(entry, safe_mode=True)
             except Exception as exc:  # a value a built-in layer does not accept
-                raise FixNotApplicable(f"Keras cannot build the model from its config: {_first_line(exc)}") from exc
+                raise ModelRefused(f"Keras cannot build the model from its config: {_first_line(exc)}") from exc
             if stored.container == "keras":
                 _assign_keras(model, stored.weights_root)
             else:
@@ -511,10 +511,10 @@ def _value(dataset, shape: tuple, where: str) -> np.ndarray:
     """A stored weight's values, when it is a numeric dataset of ``shape`` held in this
     file: external storage or a virtual dataset would read other files' bytes."""
     if dataset is None or not hasattr(dataset, "shape") or not hasattr(dataset, "dtype"):
-        raise FixNotApplicable(f"cannot fix: the weights of {where} are missing from the file")
+        raise ModelRefused(f"cannot fix: the weights of {where} are missing from the file")
     try:
         if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
-            raise FixNotApplicable(f"cannot fix: the weights of {where} are stored outside the file")
+            raise ModelRefused(f"cannot fix: the weights of {where} are stored outside the file")
         stored_shape = tuple(int(d) for d in dataset.shape)
         if stored_shape != tuple(shape):
             raise FixNotApplicable(f"cannot fix: a weight of {where} is stored as {stored_shape}, the layer needs {tuple(shape)}")
@@ -560,7 +560,7 @@ def _assign_keras(model, root, prefix: str = "") -> None:
             continue
         vars_group = _child(group, "vars", where)
         if vars_group is None:
-            raise FixNotApplicable(f"cannot fix: the weights of {where} are missing from the file")
+            raise ModelRefused(f"cannot fix: the weights of {where} are missing from the file")
         store = {}
         for index, variable in enumerate(variables):
             store[str(index)] = _value(_child(vars_group, str(index), where), tuple(variable.shape), where)
@@ -584,7 +584,7 @@ def _assign_legacy(model, root) -> None:
         where = f"layer '{layer.name}'"
         group = _child(root, layer.name, where)
         if group is None:
-            raise FixNotApplicable(f"cannot fix: the weights of {where} are missing from the file")
+            raise ModelRefused(f"cannot fix: the weights of {where} are missing from the file")
         try:
             names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
                      for n in np.asarray(group.attrs.get("weight_names", [])).ravel().tolist()]
