@@ -214,3 +214,41 @@ def test_the_reported_error_is_the_written_layers_not_the_decompositions(tmp_pat
     (outcome,) = report.outcomes
     assert outcome.applied, outcome.note
     assert reported(outcome.note, "kernel") == pytest.approx(0.5, rel=1e-3), outcome.note
+
+
+# through the CLI: PW005 finds the conv and offers the split ------------------------------
+
+@pytest.mark.parametrize("method", ["tucker2", "separable"])
+def test_pw005_fix_through_the_cli(tmp_path, method):
+    from tests.conftest import fix_json
+
+    rng = np.random.default_rng(17)
+    kernel = tucker_kernel(rng, 6, 6, noise=0.0) if method == "tucker2" else np.einsum(
+        "oi,i...->oi...", rng.standard_normal((COUT, CIN)), rng.standard_normal((CIN, 3, 3)))
+    path, original = conv_model(tmp_path, f"cli-{method}.onnx", kernel, rng)
+    (tmp_path / "pwlint.toml").write_text(
+        f'[rules.PW005]\nmax-params = 1000\nmethod = "{method}"\nenergy = 0.999\nrank-multiple-of = 1\n')
+    run, report = fix_json(path, "--fix", "--unsafe-fixes", "--select", "PW005")
+    (outcome,) = report["files"][0]["fix"]["applied"]
+    assert (outcome["code"], outcome["applicability"]) == ("PW005", "unsafe")
+    assert ops_count(path) == (3 if method == "tucker2" else 2)
+    assert output_error(original, path) < 1e-5  # an exactly decomposable kernel
+    assert run.code == 0 and report["findings"] == []
+
+
+def test_pw005_break_even_through_the_cli_leaves_the_file(tmp_path):
+    from tests.conftest import fix_json
+
+    rng = np.random.default_rng(18)
+    path, _ = conv_model(tmp_path, "cli-flat.onnx", rng.standard_normal((COUT, CIN, 3, 3)), rng)
+    before = path.read_bytes()
+    (tmp_path / "pwlint.toml").write_text('[rules.PW005]\nmax-params = 1000\nmethod = "tucker2"\nenergy = 0.999\n')
+    run, report = fix_json(path, "--fix", "--unsafe-fixes", "--select", "PW005")
+    (outcome,) = report["files"][0]["fix"]["not_applied"]
+    assert outcome["code"] == "PW005" and "no smaller than" in outcome["note"], outcome
+    assert path.read_bytes() == before
+    assert [f["code"] for f in report["findings"]] == ["PW005"]
+
+
+def ops_count(path) -> int:
+    return [n.op_type for n in nodes_of(path)].count("Conv")

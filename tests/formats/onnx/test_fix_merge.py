@@ -198,3 +198,22 @@ def test_merged_conv_batchnorm_pointwise_matches_within_the_safe_tolerance(tmp_p
     assert ops(path) == ["Conv"] and nodes_of(path)[0].output[0] == "y"
     assert_same_outputs(original, path)
     assert report.verified and report.written == str(path)
+
+
+def test_pw006_merges_linear_linear_through_the_cli(tmp_path):
+    """``pwlint --fix`` (safe fixes only): PW006 finds the chain and merges it, verified."""
+    import torch
+    from torch import nn
+
+    from tests.conftest import fix_json
+
+    torch.manual_seed(3)
+    path = export(nn.Sequential(nn.Linear(32, 64), nn.Dropout(), nn.Linear(64, 10)), torch.randn(2, 32),
+                  tmp_path / "cli.onnx")
+    original = shutil.copyfile(path, tmp_path / "original.onnx")
+    run, report = fix_json(path, "--fix", "--select", "PW006")
+    fix = report["files"][0]["fix"]
+    assert [(o["code"], o["applicability"]) for o in fix["applied"]] == [("PW006", "safe")], fix
+    assert fix["verified"] and ops(path) == ["Gemm"]
+    assert_same_outputs(original, path, symbolic=2)
+    assert run.code == 0 and report["findings"] == []
