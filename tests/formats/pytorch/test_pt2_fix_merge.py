@@ -149,6 +149,38 @@ def test_a_conv_read_by_a_dense_layer_through_a_flatten_stays_a_conv_then_the_fl
     assert_same_outputs(model, path, (1, 8, 4, 4), (3, 8, 4, 4))
 
 
+class DenseToMap(nn.Module):
+    """A dense layer whose output is viewed as a (C, 1, 1) map for an eval BatchNorm and a
+    pointwise conv (a decoder's first block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 96)
+        self.bn = nn.BatchNorm2d(96)
+        self.conv = nn.Conv2d(96, 8, 1)
+
+    def forward(self, x):
+        return self.conv(self.bn(self.fc(x).view(-1, 96, 1, 1)))
+
+
+def test_a_dense_layer_read_by_a_pointwise_conv_through_a_view_stays_dense_then_unit_axes(tmp_path):
+    torch.manual_seed(3)
+    model = DenseToMap().eval()
+    randomised_norm(model.bn, seed=3)
+    path = save(model, tmp_path / "decoder.pt2", torch.randn(2, 16), dynamic_batch=True)
+    merge(path)
+    after = state(path)
+    assert sorted(after) == ["fc.merged.bias", "fc.merged.weight"] and after["fc.merged.weight"].shape == (8, 16)
+    scale = model.bn.weight.double() / torch.sqrt(model.bn.running_var.double() + model.bn.eps)
+    w1 = model.fc.weight.double() * scale[:, None]
+    b1 = (model.fc.bias.double() - model.bn.running_mean.double()) * scale + model.bn.bias.double()
+    w2, b2 = model.conv.weight.double().flatten(1), model.conv.bias.double()
+    torch.testing.assert_close(after["fc.merged.weight"].double(), (w2 @ w1).detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(after["fc.merged.bias"].double(), (w2 @ b1 + b2).detach(), rtol=0, atol=1e-5)
+    assert "aten.conv2d.default" not in ops(path)
+    assert_same_outputs(model, path, (1, 16), (4, 16))
+
+
 class SecondReader(nn.Module):
     """fc1's output (or the Dropout's) is also an output of the model."""
 

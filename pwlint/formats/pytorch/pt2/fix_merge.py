@@ -4,14 +4,16 @@
 ``first`` is a dense layer or a conv (groups 1, any kernel), ``second`` a dense layer or
 a pointwise conv reading ``first``'s output through nodes that keep values as they are:
 Dropout in eval form, copies (``clone``, ``alias``, ``contiguous``, ``detach``),
-reshapes that leave the tensor's shape as it is, at most one BatchNorm in eval form
-(folded into ``first`` first) and, between a conv whose map is 1x1 and a dense layer,
-the flatten or view that drops the unit positions. Everything on that path must be read
-by the next node alone. The merged layer is of ``first``'s kind (a conv keeps its window,
+reshapes that leave the tensor's shape as it is or only drop or add unit axes where the
+channels are all there is per sample (``(N, C, 1, 1) <-> (N, C)``: a conv over its whole
+map read by a dense layer, or back), and at most one BatchNorm in eval form on the
+channels (folded into ``first`` first). Everything on that path must be read by the
+next node alone. The merged layer is of ``first``'s kind (a conv keeps its window,
 stride, padding and dilation), a child ``merged`` of the module holding ``first``'s
-weights, with fresh parameters; it writes what ``second`` wrote (through a flatten, for
-a conv read by a dense layer), so the readers of ``second`` and the program's outputs
-are unchanged. ``first``, the norm and ``second`` and their parameters are dropped.
+weights, with fresh parameters; it writes what ``second`` wrote (through a flatten or
+unsqueezes where the unit axes differ, so no size is written into the program), so the
+readers of ``second`` and the program's outputs are unchanged. ``first``, the norm and
+``second`` and their parameters are dropped.
 """
 
 from __future__ import annotations
@@ -123,9 +125,11 @@ class Chain:
         self.channels = first.weight.shape[0]
         self.where = f"between '{plan.first}' and '{plan.second}'"
         self.nodes = self._path()
+        self.first_dims = _dims(first.output)
         self.norm: Norm | None = None
-        #: whether the merged conv's output is flattened for the dense layer that read the chain
-        self.flattens = False
+        #: whether a reshape between changed the unit axes: the merged output is reshaped to
+        #: ``second``'s shape
+        self.reshaped = False
         self._check_readers()
         self._classify()
 
@@ -147,7 +151,6 @@ class Chain:
                 raise FixNotApplicable(f"'{node.name}' {self.where} has other readers")
 
     def _classify(self) -> None:
-        first_dims = _dims(self.first.output)
         for node in self.nodes:
             if node.target in DROPOUTS:
                 normal = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
@@ -159,7 +162,7 @@ class Chain:
                 if not (self.norm is not None and node.args[0] is self.norm.node and node.args[1] == 0):
                     raise FixNotApplicable(f"'{node.name}' {self.where} does not keep values as they are")
             elif node.target in FLATTEN_TARGETS:
-                self._reshape(node, first_dims)
+                self._reshape(node)
             elif node.target not in PASS_THROUGH:
                 raise FixNotApplicable(f"'{node.name}' ({node.target}) {self.where} does not keep values as they are")
         want = self.second.weight.shape[1]
@@ -168,12 +171,17 @@ class Chain:
                                    f"{self.channels}")
         read = _dims(self.second.data)
         axis = 1 if self.second.is_conv else -1
-        if read is None or read[axis] != str(self.channels):
+        # without a reshape, a conv's channels (axis 1) are what a dense layer reads (the last) nowhere
+        if read is None or read[axis] != str(self.channels) \
+                or (not self.reshaped and self.first.is_conv != self.second.is_conv):
             raise FixNotApplicable(f"'{self.plan.second}' does not read the channels '{self.plan.first}' writes")
-        if self.first.is_conv and not self.second.is_conv and not (self.flattens or len(read) == 2 == len(first_dims)):
-            raise FixNotApplicable(f"'{self.plan.second}' does not read the channels '{self.plan.first}' writes")
-        if not self.first.is_conv and self.second.is_conv:
-            raise FixNotApplicable(f"a dense layer '{self.plan.first}' read by a conv '{self.plan.second}'")
+        if self.reshaped and _dims(self.second.output) is None:
+            raise FixNotApplicable(f"the shape '{self.plan.second}' writes is not known")
+
+    def _unit(self, dims) -> bool:
+        """A ``(N, C, 1, ...)`` or ``(N, C)`` shape: the channels are all there is per sample."""
+        return dims is not None and len(dims) >= 2 and dims[1] == str(self.channels) \
+            and all(d == "1" for d in dims[2:])
 
     def _norm(self, node: fx.Node) -> None:
         where = f"'{node.name}' {self.where}"
@@ -184,21 +192,21 @@ class Chain:
             if node.name not in names:
                 raise FixNotApplicable(f"the BatchNorm {self.where} is not '{self.plan.norm}'")
         dims = _dims(node.args[0])
-        # a BatchNorm normalises axis 1: the first layer's channels only where they are on it
-        if dims is None or len(dims) < 2 or dims[1] != str(self.channels) \
-                or (not self.first.is_conv and len(dims) != 2):
+        # a BatchNorm normalises axis 1: a conv's channels as it wrote them, a dense layer's
+        # only in a (N, C) tensor, or either once the channels are all there is per sample
+        on_axis = dims is not None and len(dims) >= 2 and dims[1] == str(self.channels) and dims == self.first_dims \
+            and (self.first.is_conv or len(dims) == 2)
+        if not (on_axis or (self._unit(dims) and self._unit(self.first_dims))):
             raise FixNotApplicable(f"the BatchNorm {where} does not normalise the channels '{self.plan.first}' writes")
         self.norm = _read_norm(self.gm, node, self.channels, where)
 
-    def _reshape(self, node: fx.Node, first_dims) -> None:
+    def _reshape(self, node: fx.Node) -> None:
         before, after = _dims(node.args[0]), _dims(node)
         if before is not None and before == after:
             return  # the shape stays: the values do too
-        # a conv's 1x1 map flattened to (N, C) for a dense layer: kept, as a flatten after the merge
-        unit_map = first_dims is not None and len(first_dims) > 2 and all(d == "1" for d in first_dims[2:])
-        if self.first.is_conv and not self.second.is_conv and unit_map and after is not None \
-                and len(after) == 2 and after[0] == first_dims[0] and after[1] == str(self.channels):
-            self.flattens = True
+        # (N, C, 1, 1) <-> (N, C): each channel stays itself; the merged output is reshaped to match
+        if self._unit(before) and self._unit(after) and before[0] == after[0]:
+            self.reshaped = True
             return
         raise FixNotApplicable(f"the reshape '{node.name}' {self.where} changes which values are read together")
 
@@ -226,12 +234,17 @@ def merge_chain(gm: fx.GraphModule, graph: ModelGraph, plan: MergeChainPlan) -> 
         conv = first.conv
         stack = child_stack(first.node, target, path, CONV_CLASSES[conv.rank])
         output = write_conv(gm, first.data, target, True, conv.stride, conv.padding, conv.dilation, 1, stack, before)
-        if chain.flattens:
-            output = call(gm, aten.flatten.using_ints, (output, 1), stack_of(chain.nodes[-1]), before)
     else:
         stack = child_stack(first.node, target, path, LINEAR_CLASS)
         args = (first.data, get_attr(gm, f"{target}.weight", before), get_attr(gm, f"{target}.bias", before))
         output = call(gm, aten.linear.default, args, stack, before)
+    if chain.reshaped:  # (N, Cout, 1, 1) or (N, Cout) as second wrote it: no size is written in
+        outer = stack_of(chain.nodes[-1])
+        rank, wanted = len(chain.first_dims), len(_dims(second.output))
+        if rank > 2 and wanted != rank:
+            output, rank = call(gm, aten.flatten.using_ints, (output, 1), outer, before), 2
+        for _ in range(wanted - rank):
+            output = call(gm, aten.unsqueeze.default, (output, -1), outer, before)
     second.output.replace_all_uses_with(output)
     # readers before what they read: second, the path back to first, first
     erase(gm, [*second.removed, *chain.nodes[::-1], *first.removed])
