@@ -52,7 +52,7 @@ def vgg16() -> VGG16:
     model = VGG16().eval()
     with torch.no_grad():  # fc2 of a trained network: most of its energy in a few hundred directions
         low = torch.randn(HIDDEN, 256) @ torch.randn(256, HIDDEN) / HIDDEN
-        model.classifier[3].weight.copy_(low + 0.002 * torch.randn(HIDDEN, HIDDEN))
+        model.classifier[3].weight.copy_(low + 0.0005 * torch.randn(HIDDEN, HIDDEN))
     return model
 
 
