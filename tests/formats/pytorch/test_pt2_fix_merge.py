@@ -106,7 +106,9 @@ def test_conv_batchnorm_dropout_pointwise_conv_becomes_one_conv(tmp_path, decomp
     randomised_norm(model.bn, seed=1)
     path = save(model, tmp_path / "chain.pt2", torch.randn(2, 3, 9, 9), decompose=decompose)
     outcome = merge(path)
-    assert "'c1' and 'c2' merged into one layer" in outcome["note"]
+    # c1's weights and bias, the norm's scale and shift, c2's weights and bias -> one conv 3 -> 16
+    before = 32 * 3 * 9 + 32 + 2 * 32 + 16 * 32 + 16
+    assert f"'c1' and 'c2' merged into one layer: {before} -> {16 * 3 * 9 + 16} weights" in outcome["note"]
 
     after = state(path)
     assert sorted(after) == ["c1.merged.bias", "c1.merged.weight"]  # the norm's statistics too are gone

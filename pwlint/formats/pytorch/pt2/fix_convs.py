@@ -93,9 +93,6 @@ class Conv:
         return all(k == 1 for k in self.window) and all(s == 1 for s in self.stride) and no_padding \
             and self.groups == 1
 
-    def parameters(self) -> int:
-        return self.kernel.size + (0 if self.bias is None else self.bias.size)
-
 
 def read_conv(gm: fx.GraphModule, layer: Layer) -> Conv:
     """The layer's single convolution (any spatial rank, not transposed), its kernel and

@@ -63,9 +63,6 @@ class Side:
     def is_conv(self) -> bool:
         return self.conv is not None
 
-    def parameters(self) -> int:
-        return self.weight.size + (0 if self.bias is None else self.bias.size)
-
 
 def read_side(gm: fx.GraphModule, layer: Layer) -> Side:
     if layer.kind == "conv":
@@ -224,6 +221,8 @@ def merge_chain(gm: fx.GraphModule, graph: ModelGraph, plan: MergeChainPlan) -> 
         raise FixNotApplicable(f"'{plan.norm}' is not between '{plan.first}' and '{plan.second}'")
     weight, bias = merge_linear(first.weight, first.bias, second.weight, second.bias,
                                 chain.norm.affine if chain.norm else None)
+    # the parameters as the lint graph counts them (a BatchNorm's scale and shift), as every backend reports
+    params_before = sum(graph.layer(name).params for name in plan.layers())
     # everything is read and checked: from here on the module changes
     prefix = prefix_of(first.attrs[0])
     path = module_path(first.node) or prefix
@@ -250,5 +249,4 @@ def merge_chain(gm: fx.GraphModule, graph: ModelGraph, plan: MergeChainPlan) -> 
     erase(gm, [*second.removed, *chain.nodes[::-1], *first.removed])
     finish(gm, chain.dropped())
     merged = fetch(gm, f"{target}.weight").numel() + fetch(gm, f"{target}.bias").numel()
-    norm = 2 * first.weight.shape[0] if chain.norm else 0  # its scale and shift, now in the merged layer
-    return Merged(first.parameters() + norm + second.parameters(), merged)
+    return Merged(params_before, merged)
