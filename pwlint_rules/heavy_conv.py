@@ -7,7 +7,9 @@ with more parameters than `max-params` (default 1,000,000: VGG16's 512 -> 512
 model's multiply-accumulates (and at least `min-macs` of them). Depthwise and
 grouped convolutions (MobileNet, ResNeXt), pointwise (1x1) convolutions and
 convolutions whose kernel covers their whole input (fully-connected layers,
-PW002's) are not reported. The message gives the cost of both alternatives: a
+PW002's) are not reported, nor is the core of a Tucker-2 sandwich (a KxK
+convolution read straight from a 1x1 convolution and read only by 1x1
+convolutions, as the `tucker2` fix writes): it is already factorised. The message gives the cost of both alternatives: a
 depthwise-separable pair (exact sizes) and a Tucker-2 sandwich at illustrative
 ranks (a quarter of the channels; the fix picks its ranks from the weights).
 This is a suggestion (`info`), not a defect: the rewrite changes what the model
@@ -143,11 +145,24 @@ def _macs_text(macs: int | None) -> str:
     return f" and {human(macs)} MACs" if macs is not None else ""
 
 
+def _pointwise(layer) -> bool:
+    kernel = layer.attrs.get("kernel")
+    return layer.kind == "conv" and bool(kernel) and all(k == 1 for k in kernel)
+
+
+def is_tucker_core(graph: ModelGraph, layer) -> bool:
+    """A conv between 1x1 convs with nothing between: the middle of a Tucker-2 sandwich."""
+    producer = graph.data_producer(layer)
+    consumers = graph.consumers(layer)
+    return (producer is not None and _pointwise(producer)
+            and bool(consumers) and all(_pointwise(consumer) for consumer in consumers))
+
+
 def check(graph: ModelGraph, options: Options):
     stats = None
     for layer in graph.layers("conv"):
         shape = conv_shape(layer)
-        if shape is None:
+        if shape is None or is_tucker_core(graph, layer):
             continue
         if stats is None:  # counted once, and only for a model with a conv to look at
             stats = model_stats(graph)

@@ -15,7 +15,12 @@ normalisation is not the previous convolution's own (ConvNeXt's LayerNorm ->
 Conv 2x2/2 downsampling after a residual Add, its LayerNorm applied
 channels-last between two Transposes; DenseNet's BN -> ReLU -> Conv after a
 Concat). In Conv -> BN -> ReLU -> Conv the BatchNorm belongs to the first
-convolution, and the second is checked as usual.
+convolution, and the second is checked as usual. A convolution whose output
+goes straight into other convolutions, with nothing between, is one factor of a
+factorised convolution (Tucker-2's 1x1 -> KxK -> 1x1, depthwise -> pointwise,
+a low-rank pair, as PW002's and PW005's fixes write): together they are one
+linear map, whose normalisation belongs after the last factor, which is
+checked as usual.
 
 What a missing norm means depends on the format:
 
@@ -132,6 +137,13 @@ def _is_pre_norm(graph: ModelGraph, conv: Layer) -> bool:
     return before is None or before.kind != "conv"
 
 
+def _factor_of_a_factorised_conv(graph: ModelGraph, conv: Layer) -> bool:
+    """Whether ``conv`` feeds only convolutions, directly: a norm between the factors of
+    one linear map would change what the factorisation computes."""
+    consumers = graph.consumers(conv)
+    return bool(consumers) and all(consumer.kind == "conv" for consumer in consumers)
+
+
 def _unnormalised_successor(graph: ModelGraph, conv: Layer) -> Layer | None:
     for reached, _ in downstream(graph, conv, _passes):
         if reached.kind == "conv" and not (_feeds_gate(graph, reached) or _on_single_position(reached)):
@@ -195,7 +207,8 @@ def _folded_info(graph: ModelGraph, convs: list[Layer]) -> Finding:
 def check(graph: ModelGraph, options: NoOptions):
     unnormalised = []
     for conv in graph.layers("conv"):
-        if _on_single_position(conv) or _feeds_gate(graph, conv) or _is_pre_norm(graph, conv):
+        if (_on_single_position(conv) or _feeds_gate(graph, conv) or _is_pre_norm(graph, conv)
+                or _factor_of_a_factorised_conv(graph, conv)):
             continue
         successor = _unnormalised_successor(graph, conv)
         if successor is not None:

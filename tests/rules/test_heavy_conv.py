@@ -231,3 +231,38 @@ def test_method_option_chooses_the_rewrite(tmp_path, method, kernels):
     if method == "separable":
         assert next(a.i for a in convs[0].attribute if a.name == "group") == 32  # depthwise
     assert codes(report) == []  # the pieces are far below max-params and pointwise or depthwise
+
+
+def _sandwich(folder: Path, relu_before_core: bool) -> Path:
+    """1x1 (512 -> 424) -> 3x3 (424 -> 424, 1.6M parameters) -> 1x1 (424 -> 512) -> ReLU on a
+    14x14 map: what the tucker2 fix writes for VGG16's 512 -> 512 conv at rank 424."""
+    inits, offset = [], 0
+    specs = [("first", 512, 424, 1), ("core", 424, 424, 3), ("last", 424, 512, 1)]
+    nodes, current = [], "x"
+    for layer, cin, cout, kernel in specs:
+        weight, offset = _external(f"{layer}.weight", [cout, cin, kernel, kernel], offset)
+        inits.append(weight)
+        if layer == "core" and relu_before_core:
+            nodes.append(helper.make_node("Relu", [current], ["first_act"], name="first_relu"))
+            current = "first_act"
+        nodes.append(helper.make_node("Conv", [current, weight.name], [f"{layer}_out"], name=layer,
+                                      kernel_shape=[kernel, kernel], pads=[kernel // 2] * 4))
+        current = f"{layer}_out"
+    nodes.append(helper.make_node("Relu", [current], ["y"], name="relu"))
+    graph = helper.make_graph(
+        nodes, "sandwich", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512, 14, 14])], inits,
+    )
+    path = folder / "sandwich.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with open(folder / DATA_FILE, "wb") as handle:
+        handle.truncate(offset)
+    return path
+
+
+def test_the_core_of_a_tucker2_sandwich_is_not_split_again(tmp_path):
+    """The tucker2 fix's core (424 -> 424 3x3, over 1M parameters) between its two 1x1
+    convs is already factorised; the same conv behind a ReLU is a layer of its own."""
+    assert 424 * 424 * 9 > 1_000_000
+    assert reported(lint(_sandwich(tmp_path, relu_before_core=False))) == {}
+    assert set(reported(lint(_sandwich(tmp_path, relu_before_core=True)))) == {"core"}

@@ -279,3 +279,16 @@ def test_average_pool_over_the_whole_map_ends_the_walk_like_global_pooling(onnx_
     """)
     found = [f["nodes"] for f in findings(lint(path), "PW003")]
     assert found == ([["conv2", "fc"]] if reported else [])
+
+
+def test_factors_of_a_factorised_conv_are_one_linear_map(onnx_text):
+    """conv1 -> 1x1 conv -> conv2 with nothing between (a low-rank pair, as PW002's and
+    PW005's fixes write) is one linear map: a norm between its factors would change what it
+    computes, so only the last factor is checked (conv2, which has its BatchNorm). With a
+    ReLU after conv1 it is a layer of its own again, and is reported."""
+    factor = ", " + init("wf", 8, 8, 1, 1)
+    direct = lint(onnx_text(_two_convs("[factor] h = Conv <kernel_shape = [1, 1]> (c1, wf)", factor)))
+    assert findings(direct, "PW003") == []
+    relu = lint(onnx_text(_two_convs(
+        "[relu1] c1r = Relu (c1)\n    [factor] h = Conv <kernel_shape = [1, 1]> (c1r, wf)", factor)))
+    assert [f["nodes"] for f in findings(relu, "PW003")] == [["conv1", "factor"]]
