@@ -10,7 +10,9 @@ layer would have fewer parameters than the two: dense -> dense, 1x1 conv ->
 the merged layer would be bigger (MobileNetV2's linear 1x1 projection before
 the next block's 1x1 expansion); a chain whose middle output has another
 reader (a residual Add, a second branch, a model output); an activation, a
-pooling or any other layer between the two.
+pooling or any other layer between the two; and a quantized first layer, whose
+output range can clip negatives as a ReLU would (onnxruntime's quantizer fuses
+a ReLU into QLinearConv/QLinearMatMul that way, so the file no longer shows it).
 
 ## Why is this bad
 Two linear maps in a row are one linear map: `W2 (W1 x + b1) + b2` is
@@ -93,7 +95,10 @@ def _same_axis(first: Layer, layer: Layer, shape) -> bool:
 
 
 def _linear_first(layer: Layer) -> bool:
-    """A dense layer, or a conv with groups 1 (any kernel), with known sizes."""
+    """A dense layer, or a conv with groups 1 (any kernel), with known sizes, computing in
+    float (a quantized layer's output range may be a fused ReLU)."""
+    if layer.attrs.get("quantized"):
+        return False
     if layer.kind == "dense":
         return bool(width_in(layer) and width_out(layer))
     return (

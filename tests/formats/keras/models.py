@@ -77,7 +77,8 @@ def resnet():
 
 
 def densenet():
-    """DenseNet-style pre-activation block: BN -> ReLU -> Conv, concatenated features."""
+    """DenseNet-style pre-activation block: BN -> ReLU -> Conv, concatenated features (growth 8,
+    as real DenseNets keep channel counts multiples of 8: 8, 16, 24)."""
     import keras
     from keras import layers
 
@@ -89,7 +90,7 @@ def densenet():
         y = layers.Conv2D(16, 1, use_bias=False, name=f"dense{i}_conv1")(y)
         y = layers.BatchNormalization(name=f"dense{i}_bn2")(y)
         y = layers.ReLU(name=f"dense{i}_relu2")(y)
-        y = layers.Conv2D(4, 3, padding="same", use_bias=False, name=f"dense{i}_conv2")(y)
+        y = layers.Conv2D(8, 3, padding="same", use_bias=False, name=f"dense{i}_conv2")(y)
         x = layers.Concatenate(name=f"dense{i}_concat")([x, y])
     x = layers.BatchNormalization(name="final_bn")(x)
     x = layers.ReLU(name="final_relu")(x)
