@@ -279,3 +279,23 @@ def test_a_factor_is_not_factorised_again_in_the_same_run(tmp_path):
     assert [n.op_type for n in model.graph.node] == ["MatMul", "MatMul"]
     (again,) = [o for o in fix["not_applied"] if o["code"] == "PW002"]
     assert "written by this rule's own fix in this run" in again["note"]
+
+
+@pytest.mark.parametrize("shape", [(600, 800), (800, 600)])
+def test_large_layers_take_the_gram_route_to_the_same_truncation(shape):
+    """From GRAM_FROM rows and columns on, singular values come from the Gram matrix: the
+    spectrum and the rank-r truncation are those of an SVD (a known spectrum, both shapes)."""
+    from pwlint.fix.lowrank import GRAM_FROM, singular
+
+    assert min(shape) >= GRAM_FROM
+    rng = np.random.default_rng(5)
+    k = min(shape)
+    u, _ = np.linalg.qr(rng.standard_normal((shape[0], k)))
+    v, _ = np.linalg.qr(rng.standard_normal((shape[1], k)))
+    spectrum = 0.97 ** np.arange(k)
+    weight = (u * spectrum) @ v.T
+    values, leading = singular(weight)
+    assert np.allclose(values, spectrum, atol=1e-7)
+    left, right = leading(40)
+    truncated = (u[:, :40] * spectrum[:40]) @ v[:, :40].T
+    assert np.allclose((left * values[:40]) @ right, truncated, atol=1e-7)
