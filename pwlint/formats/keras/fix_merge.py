@@ -181,7 +181,10 @@ def _norm(edit: ModelEdit, container: Container, lint_name: str, name: str, entr
         raise FixNotApplicable(f"'{lint_name}' normalises axis {axis}, not the channels of each position")
     gamma = weights.get("gamma", np.ones_like(mean)) if config.get("scale", True) else np.ones_like(mean)
     beta = weights.get("beta", np.zeros_like(mean)) if config.get("center", True) else np.zeros_like(mean)
-    return norm_affine(gamma, beta, mean, var, float(config.get("epsilon", 1e-3))), list(weights.values())
+    # counted as pwlint counts parameters (and the ONNX and .pt2 notes): the trainable scale
+    # and shift, not the moving statistics
+    trainable = [value for key, value in weights.items() if key in ("gamma", "beta")]
+    return norm_affine(gamma, beta, mean, var, float(config.get("epsilon", 1e-3))), trainable
 
 
 def _reshape(layer, lint_name: str, entry: dict, track: _Channels, out_channels: int) -> dict:
