@@ -16,9 +16,10 @@ Conv 2x2/2 downsampling after a residual Add, its LayerNorm applied
 channels-last between two Transposes; DenseNet's BN -> ReLU -> Conv after a
 Concat). In Conv -> BN -> ReLU -> Conv the BatchNorm belongs to the first
 convolution, and the second is checked as usual. A convolution whose output
-goes straight into other convolutions, with nothing between, is one factor of a
-factorised convolution (Tucker-2's 1x1 -> KxK -> 1x1, depthwise -> pointwise,
-a low-rank pair, as PW002's and PW005's fixes write): together they are one
+goes straight into other convolutions, with nothing between and a 1x1 one on
+either side, is one factor of a factorised convolution (Tucker-2's 1x1 -> KxK
+-> 1x1, depthwise -> pointwise, a low-rank pair, as PW002's and PW005's fixes
+write): together they are one
 linear map, whose normalisation belongs after the last factor, which is
 checked as usual.
 
@@ -137,11 +138,19 @@ def _is_pre_norm(graph: ModelGraph, conv: Layer) -> bool:
     return before is None or before.kind != "conv"
 
 
+def _pointwise(layer: Layer) -> bool:
+    kernel = layer.attrs.get("kernel")
+    return layer.kind == "conv" and bool(kernel) and all(k == 1 for k in kernel)
+
+
 def _factor_of_a_factorised_conv(graph: ModelGraph, conv: Layer) -> bool:
-    """Whether ``conv`` feeds only convolutions, directly: a norm between the factors of
-    one linear map would change what the factorisation computes."""
+    """Whether ``conv`` feeds only convolutions, directly, with a pointwise one on either
+    side (1x1 -> KxK, KxK -> 1x1, depthwise -> 1x1: the pieces a low-rank, Tucker-2 or
+    separable rewrite writes): a norm between the factors of one linear map would change
+    what the factorisation computes. ConvNeXt's strided conv -> depthwise conv is not one."""
     consumers = graph.consumers(conv)
-    return bool(consumers) and all(consumer.kind == "conv" for consumer in consumers)
+    return (bool(consumers) and all(consumer.kind == "conv" for consumer in consumers)
+            and (_pointwise(conv) or all(_pointwise(consumer) for consumer in consumers)))
 
 
 def _unnormalised_successor(graph: ModelGraph, conv: Layer) -> Layer | None:

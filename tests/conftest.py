@@ -416,3 +416,14 @@ def fix_json(path: str | Path, *args: str) -> tuple[Run, dict]:
 def leftovers(folder: Path) -> list[str]:
     """pwlint's temporary files and folders left in ``folder``."""
     return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith(".pwlint-"))
+
+
+def fix_summary(report: dict, before: int, after: int) -> str:
+    """One line for a fix test's assertion messages: parameters before -> after, what was
+    applied and not, and the findings left (printed too, so the figures show with -s)."""
+    fix = report["files"][0]["fix"]
+    summary = (f"parameters {before:,} -> {after:,}; applied {[(o['code'], o['note']) for o in fix['applied']]}; "
+               f"not applied {[(o['code'], o['note']) for o in fix['not_applied']]}; "
+               f"remaining {[(f['code'], f['nodes']) for f in report['findings']]}")
+    print(summary)
+    return summary

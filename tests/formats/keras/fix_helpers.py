@@ -1,4 +1,4 @@
-"""Helpers for the Keras tests of issue 16's fixes (pointwise factorisation, Tucker-2 and
+"""Helpers for the Keras fix tests (the head and bias fixes, pointwise factorisation, Tucker-2 and
 separable convs, merged linear chains, VGG16): save a model built in the test, carry one
 plan out on the file with the Keras backend's session (as the fix loop does, without
 the rules), and read the written file back with Keras. Numbers are computed here from

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import codes, fix_json, leftovers, lint, run_inprocess
 from tests.formats.keras import models as keras_models
+from tests.formats.keras.fix_helpers import leaves as _leaves
+from tests.formats.keras.fix_helpers import randomise
 
 keras = pytest.importorskip("keras")
 layers = keras.layers
@@ -24,29 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 # models -------------------------------------------------------------------------------
-
-def randomise(model, seed: int = 0):
-    """Every weight random (BatchNorm variances positive, running means non-zero), so
-    that a rewrite that gets a weight, a bias or an order wrong shows in the outputs."""
-    rng = np.random.default_rng(seed)
-    for layer in _leaves(model):
-        values = []
-        for variable, value in zip(layer.weights, layer.get_weights()):
-            fresh = rng.standard_normal(value.shape) * 0.3
-            if variable.path.endswith("moving_variance"):
-                fresh = np.abs(fresh) + 0.5
-            values.append(fresh.astype(value.dtype))
-        layer.set_weights(values)
-    return model
-
-
-def _leaves(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from _leaves(layer)
-        else:
-            yield layer
-
 
 def functional_head():
     """Functional: Conv -> Flatten -> Dropout -> Dense(relu) -> BN -> Dense, and two outputs

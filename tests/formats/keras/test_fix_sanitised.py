@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import codes, fix_json, leftovers, lint
 from tests.hostile import zip_corpus as corpus
+from tests.formats.keras.fix_helpers import leaves as _leaves
 
 keras = pytest.importorskip("keras")
 layers = keras.layers
@@ -114,14 +115,6 @@ def _real_load(path):
     if str(path).endswith(".keras"):
         return saving_lib.load_model(str(path), compile=False, safe_mode=True)
     return legacy_h5_format.load_model_from_hdf5(str(path), compile=False)
-
-
-def _leaves(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from _leaves(layer)
-        else:
-            yield layer
 
 
 def fix_refused(path) -> str:

@@ -24,7 +24,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.conftest import copy_model, fix_json, float_params, run_onnx, sample_inputs
+from tests.conftest import copy_model, fix_json, fix_summary, float_params, run_onnx, sample_inputs
 
 MAP, FEATURES, HIDDEN, CLASSES = 7, 512, 4096, 1000
 
@@ -84,10 +84,7 @@ def test_vgg16_fixed_with_unsafe_fixes_ends_with_no_pw001_or_pw002(vgg16, tmp_pa
     after = float_params(model)
     fix = report["files"][0]["fix"]
     applied = [(o["code"], o["note"]) for o in fix["applied"]]
-    summary = (f"parameters {before:,} -> {after:,}; applied {applied}; "
-               f"not applied {[(o['code'], o['note']) for o in fix['not_applied']]}; "
-               f"remaining {[(f['code'], f['nodes']) for f in report['findings']]}")
-    print(summary)
+    summary = fix_summary(report, before, after)
     assert not [f for f in report["findings"] if f["code"] in ("PW001", "PW002")], summary
     codes = [code for code, _ in applied]
     assert "PW001" in codes and "PW002" in codes, summary

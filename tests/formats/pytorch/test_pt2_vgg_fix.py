@@ -21,7 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import fix_json  # noqa: E402
+from tests.conftest import fix_json, fix_summary  # noqa: E402
 from tests.formats.pytorch.pt2_fix_helpers import convs, ops, relative, save, state  # noqa: E402
 
 nn = torch.nn
@@ -72,10 +72,7 @@ def test_vgg16_fixed_with_unsafe_fixes_ends_with_no_pw001_or_pw002_and_runs(tmp_
     after = parameters(path)
     fix = report["files"][0]["fix"]
     applied = [(o["code"], o["note"]) for o in fix["applied"]]
-    summary = (f"parameters {before:,} -> {after:,}; applied {applied}; "
-               f"not applied {[(o['code'], o['note']) for o in fix['not_applied']]}; "
-               f"remaining {[(f['code'], f['nodes']) for f in report['findings']]}")
-    print(summary)
+    summary = fix_summary(report, before, after)
     assert fix["written"] == str(path), summary
     assert not [f for f in report["findings"] if f["code"] in ("PW001", "PW002")], summary
     codes = [code for code, _ in applied]
