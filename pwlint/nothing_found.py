@@ -97,20 +97,10 @@ def _torch_reason(path: str, named_only: bool) -> str | None:
     head = sniff.read_head(path)
     if not head or "torch" not in sniff.formats(path, head):
         return "not a model pwlint recognises" if named_only else None
-    if head.startswith(b"PK") and _holds_a_program(sniff.zip_member_names(path, head)):
+    if head.startswith(b"PK") and sniff.torch_zip_kind(sniff.zip_member_names(path, head)) != "pickle":
         return (
             "TorchScript or .pt2 archives under a name folders are not searched for (most .pt files are "
             "pickled checkpoints); name the file to lint it, or save it as .pt2, .jit or .torchscript"
         )
     return f"torch.save() pickles, which pwlint never unpickles: {RESAVE_TORCH}"
 
-
-def _holds_a_program(members: list[str]) -> bool:
-    """A torch zip with a program (TorchScript's ``code/``, a .pt2's ``archive_format`` and
-    ``models/``) rather than only ``data.pkl`` (torch.save); the loader tells them apart
-    the same way when the file is named."""
-    rests = {name.partition("/")[2] for name in members}
-    return any(
-        rest.startswith(("code/", "models/")) or rest in ("archive_format", "serialized_exported_program.json")
-        for rest in rests
-    )

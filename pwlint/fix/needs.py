@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -92,17 +91,11 @@ def is_installed(module: str) -> bool:
 
 
 def is_torchscript(path: str) -> bool:
-    """A ``torch.jit.save`` archive (``code/`` and ``data.pkl`` under one folder, no
-    ``.pt2`` program), from the zip's member names alone."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-    if any(name.endswith(("/archive_format", "/serialized_exported_program.json")) or name == "archive_format"
-           for name in names):
-        return False
-    return any("/code/" in f"/{name}" for name in names) and any(name.endswith("data.pkl") for name in names)
+    """A ``torch.jit.save`` archive, from the zip's member names alone."""
+    from pwlint.formats import sniff
+
+    head = sniff.read_head(path)
+    return bool(head) and head.startswith(b"PK") and sniff.torch_zip_kind(sniff.zip_member_names(path, head)) == "torchscript"
 
 
 def missing_for(files: Iterable[tuple[str, str | None, object]], verify: bool) -> dict[Need, list[str]]:

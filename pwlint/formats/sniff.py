@@ -281,3 +281,19 @@ def _central_directory(stream) -> tuple[int, int] | None:
     if offset + size > file_size:
         return None
     return offset, size
+
+
+def torch_zip_kind(members: list[str]) -> str:
+    """What a torch zip holds, from its member names alone (no member is read): ``pt2``
+    (``archive_format`` or a serialized program), ``torchscript`` (``code/`` and a
+    ``data.pkl``) or ``pickle`` (``torch.save``: ``data.pkl`` and no program). The loader
+    (``pwlint.formats.pytorch.archive.classify``) decides for a file it reads; this is for
+    the places that only need to say what a file is without reading it."""
+    rests = {name.partition("/")[2] or name for name in members}
+    if any(rest in ("archive_format", "serialized_exported_program.json") or rest.startswith("models/")
+           for rest in rests):
+        return "pt2"
+    if any(rest.startswith("code/") for rest in rests) and any(rest.endswith("data.pkl") for rest in rests):
+        return "torchscript"
+    return "pickle"
+
