@@ -172,6 +172,15 @@ class FixBackend(Protocol):
 
     Register it without importing the framework it needs (a small object whose
     attributes import the real backend on first use): linting never fixes.
+
+    Optional declarations, read with ``inspect.getattr_static`` before any model is read
+    (so they must be plain attributes of the registered object, as
+    :class:`pwlint.formats.lazy.LazyBackend` keeps its keyword arguments):
+    ``requires`` (modules, or :class:`pwlint.fix.needs.Need`, that ``--fix`` needs
+    installed), ``output_suffixes`` (what ``-o`` may name; without it any name is
+    accepted), ``keeps_own_suffix`` (the input's own suffix is accepted too: a format read
+    by content) and ``edits_without_running`` (``--no-verify`` can fix a model the
+    runtime cannot run, so the hint is given).
     """
 
     name: str

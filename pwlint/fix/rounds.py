@@ -223,16 +223,14 @@ def fix_file(
 
 
 NO_VERIFY_HINT = "--no-verify applies fixes without the numeric check"
-#: backends that rewrite a model without running it, so that a model the runtime cannot
-#: run can still be fixed with --no-verify (a backend may say so as
-#: ``edits_without_running``). Keras and torch load the model to rewrite it: a model
-#: they cannot run they cannot rewrite either, and --no-verify would change nothing
-EDITS_WITHOUT_RUNNING = frozenset({"onnx"})
-
-
 def edits_without_running(backend: FixBackend) -> bool:
-    declared = getattr(backend, "edits_without_running", None)
-    return bool(declared) if declared is not None else getattr(backend, "name", "") in EDITS_WITHOUT_RUNNING
+    """Whether the backend rewrites a model without running it (it says so as
+    ``edits_without_running``), so that a model the runtime cannot run can still be fixed
+    with --no-verify. Keras and torch load the model to rewrite it: a model they cannot
+    run they cannot rewrite either, and --no-verify would change nothing."""
+    import inspect
+
+    return bool(inspect.getattr_static(backend, "edits_without_running", False))
 
 
 def why_not_written(report: FixReport) -> str:

@@ -21,37 +21,32 @@ from pathlib import Path
 
 from pwlint.errors import PwlintError
 
-#: the suffixes each built-in backend writes (a plugin's backend may declare
-#: ``output_suffixes``); ONNX is read by content, so an ONNX input's own suffix is allowed too
-OUTPUT_SUFFIXES = {
-    "onnx": (".onnx",),
-    "keras": (".keras", ".h5", ".hdf5"),
-    "torch": (".pt2",),
-}
 #: how the message names the fixed model's format
 FORMAT_NAMES = {"onnx": "ONNX", "keras": "a Keras model", "torch": "a torch.export program (.pt2)"}
-#: formats whose backend writes the model under any name (read back by content)
-ANY_NAME = ("onnx",)
 
 
-def output_suffixes(fmt: str | None, source: str, backend: object = None) -> tuple[str, ...] | None:
-    """The suffixes a fixed ``fmt`` model from ``source`` may be written to; None when
-    pwlint does not know (a plugin's format that declares nothing)."""
+def output_suffixes(source: str, backend: object = None) -> tuple[str, ...] | None:
+    """The suffixes a fixed model from ``source`` may be written to, as its backend
+    declares them (``output_suffixes``; ``keeps_own_suffix`` for a format read by
+    content, whose input's own suffix is allowed too); None when it declares nothing."""
     import inspect
 
-    declared = inspect.getattr_static(backend, "output_suffixes", None) if backend is not None else None
-    suffixes = tuple(declared) if declared else OUTPUT_SUFFIXES.get(fmt or "")
-    if suffixes is None:
+    def declared(attribute: str):
+        return inspect.getattr_static(backend, attribute, None) if backend is not None else None
+
+    suffixes = declared("output_suffixes")
+    if not suffixes:
         return None
+    suffixes = tuple(suffixes)
     own = Path(source).suffix.lower()
-    if fmt in ANY_NAME and own and own not in suffixes:
+    if declared("keeps_own_suffix") and own and own not in suffixes:
         suffixes += (own,)
     return suffixes
 
 
 def check_output(output: str, source: str, fmt: str | None, backend: object = None) -> None:
     """Refuse an ``-o`` the fixed model cannot be written to, with one line naming it."""
-    suffixes = output_suffixes(fmt, source, backend)
+    suffixes = output_suffixes(source, backend)
     is_folder = output.endswith(("/", os.sep)) or os.path.isdir(output)
     if is_folder:
         example = os.path.join(output, os.path.basename(source))

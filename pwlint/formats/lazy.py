@@ -14,11 +14,15 @@ import importlib
 class LazyBackend:
     """The backend ``module:attribute``, imported on the first call."""
 
-    def __init__(self, name: str, target: str, *, checker: str, runtime: str) -> None:
+    def __init__(self, name: str, target: str, *, checker: str, runtime: str, **declared) -> None:
         self.name = name
         self.checker = checker
         self.runtime = runtime
         self._target = target
+        # what the fix package asks before any model is read (``output_suffixes``,
+        # ``keeps_own_suffix``, ``edits_without_running``): answered without the import
+        for attribute, value in declared.items():
+            setattr(self, attribute, value)
 
     def backend(self):
         module, _, attribute = self._target.partition(":")

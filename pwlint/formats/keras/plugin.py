@@ -18,4 +18,5 @@ def pwlint_register_loaders(register):
 
 @hookimpl
 def pwlint_register_backends(register):
-    register(LazyBackend("keras", "pwlint.formats.keras.backend:KerasBackend", checker="pwlint's validated rebuild (Keras from_config, safe_mode=True)", runtime="Keras"))
+    register(LazyBackend("keras", "pwlint.formats.keras.backend:KerasBackend", checker="pwlint's validated rebuild (Keras from_config, safe_mode=True)", runtime="Keras",
+                         output_suffixes=(".keras", ".h5", ".hdf5")))

@@ -19,4 +19,5 @@ def pwlint_register_loaders(register):
 
 @hookimpl
 def pwlint_register_backends(register):
-    register(LazyBackend("onnx", "pwlint.formats.onnx.backend:OnnxBackend", checker="the ONNX checker", runtime="onnxruntime"))
+    register(LazyBackend("onnx", "pwlint.formats.onnx.backend:OnnxBackend", checker="the ONNX checker", runtime="onnxruntime",
+                         output_suffixes=(".onnx",), keeps_own_suffix=True, edits_without_running=True))

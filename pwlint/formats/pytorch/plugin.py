@@ -19,4 +19,4 @@ def pwlint_register_loaders(register):
 
 @hookimpl
 def pwlint_register_backends(register):
-    register(LazyBackend("torch", "pwlint.formats.pytorch.pt2.backend:Pt2Backend", checker="torch.export.load of a sanitised copy", runtime="torch"))
+    register(LazyBackend("torch", "pwlint.formats.pytorch.pt2.backend:Pt2Backend", checker="torch.export.load of a sanitised copy", runtime="torch", output_suffixes=(".pt2",)))
