@@ -107,3 +107,10 @@ def is_padding(layer: Layer) -> bool:
     parts = layer.op.lower().split(".")
     base = parts[1] if len(parts) >= 2 and parts[0] == "aten" else parts[0]
     return base in _PADDING_OPS or base.startswith(_PADDING_PREFIXES)
+
+
+def is_unit_kernel_conv(layer: Layer) -> bool:
+    """A conv whose kernel is 1 along every axis (a 1x1 conv; groups and stride not judged)."""
+    kernel = layer.attrs.get("kernel")
+    return layer.kind == "conv" and bool(kernel) and all(k == 1 for k in kernel)
+

@@ -39,7 +39,7 @@ from __future__ import annotations
 from pwlint.findings import Finding, Severity
 from pwlint.ir import Layer, ModelGraph
 from pwlint.rule import Rule, RuleOptions, option
-from pwlint.walk import downstream, is_padding, source_of
+from pwlint.walk import downstream, is_padding, is_unit_kernel_conv, source_of
 
 #: layers that pass every channel on as it is (counted the same on both sides), through
 #: which a layer still reads the model's input or writes its output
@@ -64,10 +64,7 @@ def pointwise(layer: Layer) -> bool:
     if layer.kind == "dense":
         return True
     attrs = layer.attrs
-    return (
-        layer.kind == "conv" and not attrs.get("transposed") and (attrs.get("groups") or 1) == 1
-        and bool(attrs.get("kernel")) and all(k == 1 for k in attrs["kernel"])
-    )
+    return is_unit_kernel_conv(layer) and not attrs.get("transposed") and (attrs.get("groups") or 1) == 1
 
 
 def widths(layer: Layer) -> tuple[int | None, int | None]:

@@ -52,6 +52,7 @@ from pwlint.ir import Layer, ModelGraph, spatial_size
 from pwlint.rule import Rule, RuleOptions, option
 from pwlint.stats import layer_macs, model_stats
 from pwlint.units import human, ratio
+from pwlint.walk import is_unit_kernel_conv
 from pwlint_rules.oversized_dense import fully_connected
 
 
@@ -145,17 +146,12 @@ def _macs_text(macs: int | None) -> str:
     return f" and {human(macs)} MACs" if macs is not None else ""
 
 
-def _pointwise(layer) -> bool:
-    kernel = layer.attrs.get("kernel")
-    return layer.kind == "conv" and bool(kernel) and all(k == 1 for k in kernel)
-
-
 def is_tucker_core(graph: ModelGraph, layer) -> bool:
     """A conv between 1x1 convs with nothing between: the middle of a Tucker-2 sandwich."""
     producer = graph.data_producer(layer)
     consumers = graph.consumers(layer)
-    return (producer is not None and _pointwise(producer)
-            and bool(consumers) and all(_pointwise(consumer) for consumer in consumers))
+    return (producer is not None and is_unit_kernel_conv(producer)
+            and bool(consumers) and all(is_unit_kernel_conv(consumer) for consumer in consumers))
 
 
 def check(graph: ModelGraph, options: Options):

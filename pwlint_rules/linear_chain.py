@@ -45,6 +45,7 @@ from pwlint.ir import Layer, ModelGraph
 from pwlint.rule import NoOptions, Rule
 from pwlint.stats import layer_macs
 from pwlint.units import human, ratio
+from pwlint.walk import is_unit_kernel_conv
 
 #: layers that pass every value on unchanged
 VALUE_KEEPING = frozenset({"dropout", "identity"})
@@ -125,8 +126,7 @@ def _linear_second(layer: Layer) -> bool:
         return bool(width_in(layer) and width_out(layer))
     attrs = layer.attrs
     return (
-        layer.kind == "conv" and not attrs.get("transposed") and (attrs.get("groups") or 1) == 1
-        and bool(attrs.get("kernel")) and all(k == 1 for k in attrs["kernel"])
+        is_unit_kernel_conv(layer) and not attrs.get("transposed") and (attrs.get("groups") or 1) == 1
         and all(s == 1 for s in attrs.get("stride") or ()) and _unpadded(layer)
         and bool(width_in(layer) and width_out(layer))
     )

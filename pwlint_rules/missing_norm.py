@@ -62,7 +62,7 @@ from __future__ import annotations
 from pwlint.findings import Finding, Severity
 from pwlint.ir import Layer, ModelGraph, spatial_size
 from pwlint.rule import NoOptions, Rule
-from pwlint.walk import downstream, is_padding, is_transparent, source_of
+from pwlint.walk import downstream, is_padding, is_transparent, is_unit_kernel_conv, source_of
 
 PASS_KINDS = frozenset({"act", "add", "mul", "concat", "pool", "reshape", "flatten", "dropout", "identity"})
 GATES = frozenset({"sigmoid", "hard_sigmoid"})
@@ -138,11 +138,6 @@ def _is_pre_norm(graph: ModelGraph, conv: Layer) -> bool:
     return before is None or before.kind != "conv"
 
 
-def _pointwise(layer: Layer) -> bool:
-    kernel = layer.attrs.get("kernel")
-    return layer.kind == "conv" and bool(kernel) and all(k == 1 for k in kernel)
-
-
 def _factor_of_a_factorised_conv(graph: ModelGraph, conv: Layer) -> bool:
     """Whether ``conv`` feeds only convolutions, directly, with a pointwise one on either
     side (1x1 -> KxK, KxK -> 1x1, depthwise -> 1x1: the pieces a low-rank, Tucker-2 or
@@ -150,7 +145,7 @@ def _factor_of_a_factorised_conv(graph: ModelGraph, conv: Layer) -> bool:
     what the factorisation computes. ConvNeXt's strided conv -> depthwise conv is not one."""
     consumers = graph.consumers(conv)
     return (bool(consumers) and all(consumer.kind == "conv" for consumer in consumers)
-            and (_pointwise(conv) or all(_pointwise(consumer) for consumer in consumers)))
+            and (is_unit_kernel_conv(conv) or all(is_unit_kernel_conv(consumer) for consumer in consumers)))
 
 
 def _unnormalised_successor(graph: ModelGraph, conv: Layer) -> Layer | None:
